@@ -1,0 +1,36 @@
+"""The scale switch: every lesson that trains or measures runs at one of two scales.
+
+- ``quick``: small configurations that finish in seconds to minutes on a 2-core CPU (and in CI);
+- ``full``: the paper-sized configurations, meant for a CUDA GPU.
+
+The default is ``full`` when CUDA is available and ``quick`` otherwise. The environment variable
+``MINIREFORMER_SCALE`` (``quick`` or ``full``) forces either one. Both scales run the same code; only the
+numbers differ, and a lesson picks its numbers with :func:`pick`.
+"""
+
+import os
+
+import torch
+
+SCALES = ("quick", "full")
+ENV_VAR = "MINIREFORMER_SCALE"
+
+
+def current_scale(override=None):
+    """Return ``"quick"`` or ``"full"``: ``override`` if given, else the environment variable, else the device."""
+    choice = override if override is not None else os.environ.get(ENV_VAR, "").strip().lower()
+    if choice:
+        if choice not in SCALES:
+            source = "scale" if override is not None else f"environment variable {ENV_VAR}"
+            raise ValueError(f"{source} must be one of {SCALES}, got {choice!r}")
+        return choice
+    return "full" if torch.cuda.is_available() else "quick"
+
+
+def pick(*, quick, full, scale=None):
+    """Return ``quick`` or ``full`` according to :func:`current_scale`.
+
+    >>> pick(quick=1_000, full=100_000, scale="quick")
+    1000
+    """
+    return quick if current_scale(scale) == "quick" else full
