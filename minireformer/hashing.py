@@ -124,3 +124,17 @@ def two_bucket_collision_probability(theta):
     """Exact P(same bucket) for ``n_buckets = 2``: a random hyperplane splits two vectors at angle theta
     with probability ``theta / pi``, so they collide with probability ``1 - theta / pi``."""
     return 1 - torch.as_tensor(theta, dtype=torch.float64) / math.pi
+
+
+def collision_curves(thetas, bucket_counts=(2, 4, 8, 16), *, dim=64, n_rounds=1, n_samples=10_000, seed=0):
+    """``{n_buckets: collision_probability(thetas, n_buckets, ...)}`` for several bucket counts, one seed."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        n_buckets: collision_probability(thetas, n_buckets, dim=dim, n_rounds=n_rounds, n_samples=n_samples, generator=generator)
+        for n_buckets in bucket_counts
+    }
+
+
+def angle_grid(step_degrees=5):
+    """Angles from 0 to pi in steps of ``step_degrees``, in radians (float64): the x axis of the collision figures."""
+    return torch.deg2rad(torch.arange(0, 180 + step_degrees / 2, step_degrees, dtype=torch.float64))

@@ -1,0 +1,66 @@
+"""The course's command line: ``python -m minireformer COMMAND``.
+
+    figures   regenerate every PNG in figures/ from the package (fixed seeds: same bytes every run)
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import hashing, plots
+
+ANGLES = hashing.angle_grid()  # 0°, 5°, ..., 180°
+
+
+def figure_collision_probability():
+    measured = hashing.collision_curves(ANGLES)
+    exact = {"2 buckets, exact: 1 - θ/π": hashing.two_bucket_collision_probability(ANGLES)}
+    return plots.plot_collision_curves(ANGLES, measured, exact=exact)
+
+
+def figure_collision_rounds():
+    measured = {r: hashing.collision_curves(ANGLES, (8,), n_rounds=r)[8] for r in (1, 2, 4, 8)}
+    return plots.plot_rounds(ANGLES, measured, single=measured[1])
+
+
+# file name in figures/ -> function that draws it; the lessons draw the same figures with the same calls.
+FIGURES = {
+    "hash_rotation.png": plots.plot_hash_rotation,
+    "collision_probability.png": figure_collision_probability,
+    "collision_rounds.png": figure_collision_rounds,
+}
+
+
+def save_figures(out, names=None):
+    """Draw the named figures (all by default) into the folder ``out``; return the paths written."""
+    unknown = set(names or ()) - set(FIGURES)
+    if unknown:
+        raise SystemExit(f"unknown figure(s) {sorted(unknown)}; choose from {sorted(FIGURES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in tqdm(names or list(FIGURES), desc="figures", unit="fig"):
+        fig = FIGURES[name]()
+        # No 'Software' stamp: the bytes depend only on the code and the seeds.
+        fig.savefig(out / name, dpi=100, metadata={"Software": None})
+        paths.append(out / name)
+    return paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minireformer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    figures = commands.add_parser("figures", help="regenerate the PNG figures of the lessons and the README")
+    figures.add_argument("--out", default="figures", help="folder to write into (default: figures)")
+    figures.add_argument("names", nargs="*", help=f"only these figures, from: {', '.join(FIGURES)}")
+    args = parser.parse_args(argv)
+    if args.command == "figures":
+        for path in save_figures(args.out, args.names):
+            print(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

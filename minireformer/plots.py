@@ -1,0 +1,162 @@
+"""The lessons' figures: one function per figure, used by the lessons and by ``python -m minireformer figures``.
+
+Every function takes plain parameters (sizes, seeds, measured numbers) and returns a
+``matplotlib.figure.Figure`` built without pyplot, so nothing global is touched: a lesson shows the
+returned figure, the figures command saves it, a test can inspect it.
+"""
+
+import math
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Wedge
+
+from .hashing import hash_vectors, planar_rotations, random_rotations
+
+
+def bucket_colors(n_buckets):
+    """One colour per bucket, the same in every figure of the course (tab20 has room for 16 buckets)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(((2 * i) % 20 + (2 * i) // 20) / 20) for i in range(n_buckets)]
+
+
+def random_unit_vectors(n, dim, *, generator=None):
+    """n points drawn uniformly on the unit sphere in ``dim`` dimensions (normalised Gaussians): ``[n, dim]``."""
+    x = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def hash_points(n_points, n_buckets, *, dim=2, seed=0, angle=None, rotation_seed=0):
+    """Points on the unit circle (dim 2) or sphere (dim 3) and their buckets under one hash round.
+
+    ``angle`` (radians, circle only) picks the evenly spaced rotation of :func:`planar_rotations`;
+    ``angle=None`` draws a Gaussian R from ``rotation_seed``, as the Reformer does.
+    Returns a dict with ``points [n, dim]``, ``rotations [1, dim, n_buckets // 2]`` and ``buckets [n]``.
+    """
+    points = random_unit_vectors(n_points, dim, generator=torch.Generator().manual_seed(seed))
+    if angle is not None:
+        if dim != 2:
+            raise ValueError(f"angle only applies to the circle (dim=2), got dim={dim}")
+        rotations = planar_rotations(angle, n_buckets, dtype=torch.float64)
+    else:
+        rotations = random_rotations(
+            dim, n_buckets, generator=torch.Generator().manual_seed(rotation_seed), dtype=torch.float64
+        )
+    return {"points": points, "rotations": rotations, "buckets": hash_vectors(points, rotations)[0]}
+
+
+def draw_hash_circle(ax, points, rotations, buckets, n_buckets):
+    """Draw one round on the unit circle: shaded cones, the directions ±R[:, i], the coloured points."""
+    colors = bucket_colors(n_buckets)
+    grid = torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64)[:-1]
+    grid_buckets = hash_vectors(torch.stack([grid.cos(), grid.sin()], -1), rotations)[0].tolist()
+    step = 360 / len(grid)
+    runs = []  # [first, last, bucket] for each arc of half-degree steps that share a bucket
+    for k, b in enumerate(grid_buckets):
+        if runs and runs[-1][2] == b:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k, b])
+    for first, last, b in runs:
+        ax.add_patch(Wedge((0, 0), 1.25, (first - 0.5) * step, (last + 0.5) * step, color=colors[b], alpha=0.18, lw=0))
+    directions = torch.cat([rotations[0].T, -rotations[0].T])  # the b directions; bucket i is around row i
+    for i, d in enumerate(directions):
+        d = d / d.norm() * 1.18
+        ax.annotate("", xy=(d[0].item(), d[1].item()), xytext=(0, 0),
+                    arrowprops={"arrowstyle": "->", "color": colors[i], "lw": 1.5})
+        ax.text(1.32 * d[0].item() / 1.18, 1.32 * d[1].item() / 1.18, str(i), ha="center", va="center", fontsize=9)
+    t = torch.linspace(0, 2 * math.pi, 200)
+    ax.plot(t.cos(), t.sin(), color="0.6", lw=0.8)
+    ax.scatter(points[:, 0], points[:, 1], c=[colors[b] for b in buckets.tolist()], s=28, edgecolors="k", lw=0.4, zorder=3)
+    ax.set_xlim(-1.45, 1.45)
+    ax.set_ylim(-1.45, 1.45)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
+def draw_hash_sphere(ax, points, rotations, buckets, n_buckets):
+    """Draw one round on the unit sphere (a 3-D axes): coloured points and the directions ±R[:, i]."""
+    colors = bucket_colors(n_buckets)
+    ax.scatter(points[:, 0], points[:, 1], points[:, 2], c=[colors[b] for b in buckets.tolist()], s=14, depthshade=True)
+    directions = torch.cat([rotations[0].T, -rotations[0].T])
+    for i, d in enumerate(directions):
+        d = d / d.norm() * 1.35
+        ax.plot([0, d[0].item()], [0, d[1].item()], [0, d[2].item()], color=colors[i], lw=2)
+        ax.text(d[0].item(), d[1].item(), d[2].item(), str(i), fontsize=9)
+    ax.set_box_aspect((1, 1, 1))
+    for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
+        setter(-1.1, 1.1)
+    ax.set_axis_off()
+
+
+def plot_hash_rotation(n_points=40, n_buckets=4, *, seed=0, angles=(0.0, math.pi / 5)):
+    """Figure: the same points hashed under two rotations of the circle, and under a Gaussian R on the sphere."""
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    for k, angle in enumerate(angles):
+        ax = fig.add_subplot(1, 3, k + 1)
+        data = hash_points(n_points, n_buckets, seed=seed, angle=angle)
+        draw_hash_circle(ax, data["points"], data["rotations"], data["buckets"], n_buckets)
+        ax.set_title(f"rotation by {math.degrees(angle):.0f}°: {n_buckets} buckets")
+    ax = fig.add_subplot(1, 3, 3, projection="3d")
+    data = hash_points(10 * n_points, n_buckets, dim=3, seed=seed, rotation_seed=seed)
+    draw_hash_sphere(ax, data["points"], data["rotations"], data["buckets"], n_buckets)
+    ax.set_title(f"Gaussian R on the sphere: {n_buckets} buckets")
+    return fig
+
+
+def plot_collision_curves(thetas, measured, *, exact=None, n_rounds=1):
+    """Figure: measured P(same bucket) against the angle, one curve per bucket count.
+
+    thetas: angles in radians; measured: ``{n_buckets: probabilities}``; exact: optional
+    ``{label: probabilities}`` drawn as dashed theory lines.
+    """
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    colors = bucket_colors(16)
+    degrees = [math.degrees(t) for t in thetas]
+    for k, (n_buckets, p) in enumerate(sorted(measured.items())):
+        ax.plot(degrees, p, "o-", ms=3, color=colors[2 * k], label=f"{n_buckets} buckets, measured")
+    for label, p in (exact or {}).items():
+        ax.plot(degrees, p, "k--", lw=1.2, label=label)
+    rounds = "" if n_rounds == 1 else f" in at least one of {n_rounds} rounds"
+    ax.set(xlabel="angle between the two vectors (degrees)", ylabel=f"P(same bucket{rounds})", ylim=(0, 1.02), xlim=(0, 180))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_softmax_concentration(weights, *, top=20):
+    """Figure: the largest softmax weights of one query, and the share of the total carried by the top k."""
+    w = torch.as_tensor(weights, dtype=torch.float64).sort(descending=True).values
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.bar(range(1, top + 1), w[:top], color="tab:blue")
+    left.set(xlabel="key, ranked by score", ylabel="softmax weight", title=f"the {top} largest of {len(w)} weights")
+    ks = torch.arange(1, len(w) + 1)
+    right.semilogx(ks, w.cumsum(0), color="tab:orange")
+    right.set(xlabel="top k keys", ylabel="share of the attention", ylim=(0, 1.02), title="cumulative weight")
+    right.grid(alpha=0.3)
+    return fig
+
+
+def plot_rounds(thetas, measured, single):
+    """Figure: P(meet in at least one of r rounds) measured, against ``1 - (1 - p)^r`` from one round's p.
+
+    measured: ``{n_rounds: probabilities}``; single: the one-round probabilities p.
+    """
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    colors = bucket_colors(16)
+    degrees = [math.degrees(t) for t in thetas]
+    single = torch.as_tensor(single, dtype=torch.float64)
+    for k, (n_rounds, p) in enumerate(sorted(measured.items())):
+        ax.plot(degrees, p, "o", ms=3, color=colors[2 * k], label=f"{n_rounds} round{'s' * (n_rounds > 1)}, measured")
+        ax.plot(degrees, 1 - (1 - single) ** n_rounds, "-", lw=1, color=colors[2 * k])
+    ax.plot([], [], "k-", lw=1, label="1 - (1 - p)^rounds")
+    ax.set(xlabel="angle between the two vectors (degrees)", ylabel="P(same bucket in at least one round)",
+           ylim=(0, 1.02), xlim=(0, 180))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
