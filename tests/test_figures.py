@@ -15,6 +15,7 @@ def test_figures_command_is_deterministic(tmp_path):
 
 
 def test_committed_figures_are_exactly_the_ones_the_command_makes():
+    # figures/screenshots/ holds the browser screenshots, refreshed by tests/test_jupyterlab.py instead.
     committed = {p.name for p in (ROOT / "figures").glob("*.png")}
     assert committed == set(FIGURES)
 

@@ -1,0 +1,196 @@
+"""Every lesson as a learner meets it: opened in a real JupyterLab, Run All, widgets dragged, in headless Chromium.
+
+nbval checks that the lessons execute; this checks what it cannot see: that the widgets render in the
+browser, that moving a control redraws the picture and the text, and that no cell shows an error.
+The browser is the system's Chromium (Debian's `chromium` package; `.ci/run` installs it). Screenshots of
+each widget before and after the change go to `$MINIREFORMER_SCREENSHOTS` when it is set (the README's
+"what you will see" pictures are refreshed that way), else to a temporary folder.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LESSONS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def find_chromium():
+    for candidate in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        path = candidate and shutil.which(candidate)
+        if path:
+            return path
+    return None
+
+
+CHROMIUM = find_chromium()
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+# On a learner's machine without Chromium these tests skip; in CI (.ci/run installs Chromium) they never do.
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                reason="no Chromium found (apt-get install chromium, or set CHROMIUM)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_settings(settings_dir):
+    """User settings of the throw-away JupyterLab: no news toast, every cell kept in the page."""
+    settings = {
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    }
+    for name, value in settings.items():
+        path = settings_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 over a copy of the lessons (Run All must not touch the originals)."""
+    home = tmp_path_factory.mktemp("lab")
+    shutil.copytree(ROOT / "notebooks", home / "notebooks")
+    write_settings(home / "settings")
+    token, port = uuid.uuid4().hex, free_port()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               JUPYTER_DATA_DIR=str(home / "data"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), MINIREFORMER_SCALE="quick")
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home / 'notebooks'}",
+               "--LabApp.news_url=None", "--ServerApp.port_retries=0"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n" + (home / "server.log").read_text()[-3000:])
+                time.sleep(0.3)
+        yield {"url": url, "token": token}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM is not None, "CI must provide Chromium (apt-get install chromium), or set CHROMIUM"
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = Path(os.environ.get("MINIREFORMER_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_and_run_all(page, lab, lesson):
+    page.goto(f"{lab['url']}/lab/tree/{lesson}?token={lab['token']}")
+    page.locator(".jp-Notebook .jp-RenderedMarkdown h1").first.wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
+    n_code = page.locator(".jp-Notebook .jp-CodeCell").count()
+    # Done when every code cell shows an execution number ([*] while running, [ ] before).
+    page.wait_for_function(
+        """n => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+                 .filter(p => /\\[\\d+\\]/.test(p.textContent)).length === n""",
+        arg=n_code, timeout=300_000, polling=250)
+    page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
+    return n_code
+
+
+def widget_outputs_in(lesson):
+    """How many outputs of the committed lesson are widgets (the browser must render as many)."""
+    cells = json.loads((ROOT / "notebooks" / lesson).read_text())["cells"]
+    return sum("application/vnd.jupyter.widget-view+json" in output.get("data", {})
+               for cell in cells for output in cell.get("outputs", []))
+
+
+def errors_on_page(page):
+    errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]').all_inner_texts()
+    broken_widgets = page.get_by_text(re.compile("Error displaying widget|Failed to display")).count()
+    return errors, broken_widgets
+
+
+def slider(page, container, description):
+    """The slider in ``container`` whose label reads ``description``."""
+    label = page.locator(".widget-label", has_text=re.compile(f"^{re.escape(description)}$"))
+    return container.locator(".widget-slider", has=label).first
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_lesson_runs_in_jupyterlab_without_errors(lab, browser, lesson):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        n_code = open_and_run_all(page, lab, lesson)
+        errors, broken_widgets = errors_on_page(page)
+        assert n_code > 0
+        assert errors == [], f"{lesson} shows error output: {errors[:1]}"
+        assert broken_widgets == 0
+        # A rendered widget view is an output whose child is a .jupyter-widgets element (with its controls).
+        views = page.locator(".jp-OutputArea-output > .jupyter-widgets")
+        assert views.count() == widget_outputs_in(lesson)
+        for view in views.all():
+            assert view.locator("input, button, .widget-slider, .widget-output").count() > 0
+    finally:
+        page.close()
+
+
+def test_hash_rotation_widget_redraws_when_a_slider_moves(lab, browser, shots):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        open_and_run_all(page, lab, "01_hashing_random_rotations.ipynb")
+        widget = page.locator(".jp-OutputArea-output .widget-hbox").first
+        widget.scroll_into_view_if_needed()
+        picture = widget.locator(".widget-output img").first
+        picture.wait_for()
+        text = widget.locator(".widget-html").first
+        before_src, before_text = picture.get_attribute("src"), text.inner_text()
+        assert "4 buckets" in before_text
+        widget.screenshot(path=shots / "widget_hash_rotation_before.png")
+
+        handle = slider(page, widget, "n_buckets").locator(".noUi-handle")
+        assert handle.get_attribute("aria-valuenow").startswith("4")
+        handle.focus()
+        page.keyboard.press("ArrowRight")  # one step of 2: 4 -> 6 buckets
+        expect = playwright_api.expect
+        expect(text).to_contain_text("6 buckets", timeout=30_000)
+        expect(handle).to_have_attribute("aria-valuenow", re.compile("^6"))
+        expect(picture).not_to_have_attribute("src", before_src, timeout=30_000)
+        sizes = [int(n) for n in re.findall(r"\d+: (\d+)", text.inner_text().split("bucket sizes")[1])]
+        assert len(sizes) == 6 and sum(sizes) == 40
+        widget.screenshot(path=shots / "widget_hash_rotation_after.png")
+        assert errors_on_page(page) == ([], 0)
+    finally:
+        page.close()
