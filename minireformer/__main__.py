@@ -1,6 +1,7 @@
 """The course's command line: ``python -m minireformer COMMAND``.
 
     figures   regenerate every PNG in figures/ from the package (fixed seeds: same bytes every run)
+    table     the paper's Table 3 (memory and time of five Transformer variants) for any configuration
 """
 
 import argparse
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import hashing, plots
+from . import complexity, hashing, plots
 
 ANGLES = hashing.angle_grid()  # 0°, 5°, ..., 180°
 
@@ -56,10 +57,23 @@ def main(argv=None):
     figures = commands.add_parser("figures", help="regenerate the PNG figures of the lessons and the README")
     figures.add_argument("--out", default="figures", help="folder to write into (default: figures)")
     figures.add_argument("names", nargs="*", help=f"only these figures, from: {', '.join(FIGURES)}")
+    table = commands.add_parser("table", help="the paper's Table 3 evaluated for a configuration")
+    defaults = dict(b=8, l=65536, d_model=1024, d_ff=4096, n_h=8, n_l=12, n_r=8, c=128 ** 2)
+    for name, value in defaults.items():
+        table.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=value,
+                           help=f"(default {value}{', the caption: 128²' if name == 'c' else ''})")
     args = parser.parse_args(argv)
     if args.command == "figures":
         for path in save_figures(args.out, args.names):
             print(path)
+    elif args.command == "table":
+        values = {name: getattr(args, name) for name in defaults}
+        try:
+            rows = complexity.complexity_table(**values)
+        except ValueError as error:
+            parser.error(str(error))
+        print(", ".join(f"{k}={v}" for k, v in values.items()))
+        print(complexity.format_table(rows))
 
 
 if __name__ == "__main__":
