@@ -1,0 +1,134 @@
+"""Attention layers: shared-QK full attention (the baseline), LSH attention, and their nn.Modules.
+
+Shared-QK (Reformer, section 2.2): "we use the same linear layer to go from A to Q and K [...] so that
+Q = K; it turns out that this does not affect the performance of Transformer." The keys are normalized,
+``k_j = q_j / |q_j|``, the queries are not, and scores are scaled by ``1 / sqrt(d)``:
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
+
+With Q = K every query would attend most to itself, so the self score gets the bias ``-1e5``: a token
+attends itself only when nothing else is allowed (the first token under ``causal=True``).
+
+Shapes: functions take ``[..., L, d]``; modules take ``x [B, L, d_model]`` and return ``[B, L, d_model]``,
+with ``n_heads`` heads of ``d_head = d_model // n_heads``.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minireformer.hashing import check_n_buckets, random_rotations
+from minireformer.lsh import SELF_BIAS, lsh_attention
+
+
+def full_attention(qk, v, *, causal=False):
+    """Shared-QK full attention: ``qk, v [..., L, d]`` -> ``[..., L, d]``; builds the ``[..., L, L]`` scores.
+
+    Half-precision inputs are computed in float32 (as in :func:`minireformer.lsh.lsh_attention`).
+    """
+    if qk.shape != v.shape or qk.dim() < 2:
+        raise ValueError(f"qk and v must have the same shape [..., L, d], got {tuple(qk.shape)} and {tuple(v.shape)}")
+    dtype, length = qk.dtype, qk.shape[-2]
+    work = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(qk.device.type, enabled=False):
+        qk, v = qk.to(work), v.to(work)
+        scores = (qk * qk.shape[-1] ** -0.5) @ F.normalize(qk, dim=-1).transpose(-1, -2)  # [..., L, L]
+        scores = scores - SELF_BIAS * torch.eye(length, device=qk.device, dtype=work)
+        if causal:
+            later = torch.ones(length, length, dtype=torch.bool, device=qk.device).triu(1)
+            scores = scores.masked_fill(later, -math.inf)
+        return (scores.softmax(dim=-1) @ v).to(dtype)
+
+
+def dense_attention(q, k, v, *, causal=False):
+    """Ordinary attention with separate q, k, v ``[..., L, d]`` through PyTorch's fused kernel (no shared-QK
+    conventions): the fast dense baseline."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def default_n_buckets(length, chunk_len):
+    """The paper's ``n_buckets = 2 L / chunk_len`` (so a bucket averages half a chunk), as an even number >= 2."""
+    return 2 * max(1, math.ceil(length / chunk_len))
+
+
+class _SelfAttention(nn.Module):
+    """Heads, projections and dropout around an attention function of ``[B, h, L, d_head]`` tensors."""
+
+    def __init__(self, d_model, n_heads, dropout, shared_qk):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model, self.n_heads = d_model, n_heads
+        if shared_qk:
+            self.to_qk = nn.Linear(d_model, d_model, bias=False)  # one projection gives queries and keys
+        else:
+            self.to_q, self.to_k = nn.Linear(d_model, d_model, bias=False), nn.Linear(d_model, d_model, bias=False)
+        self.to_v = nn.Linear(d_model, d_model, bias=False)
+        self.to_out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def heads(self, x):  # [B, L, d_model] -> [B, h, L, d_head]
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
+    def finish(self, out):  # [B, h, L, d_head] -> [B, L, d_model], then projection and dropout
+        return self.dropout(self.to_out(out.transpose(1, 2).flatten(2)))
+
+    def check(self, x):
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape [B, L, d_model={self.d_model}], got {tuple(x.shape)}")
+
+
+class LSHSelfAttention(_SelfAttention):
+    """Multi-round LSH self-attention with shared QK (see :mod:`minireformer.lsh`).
+
+    ``n_buckets=None`` uses the paper's ``2 L / chunk_len`` for the current L. ``n_rounds`` is a plain
+    attribute: evaluate with more (or fewer) rounds than you trained with by setting it. The rotations
+    are drawn anew in every forward pass from torch's global RNG on x's device, so replaying that RNG
+    state (as a reversible layer does in its backward pass) reproduces the same buckets. For fixed
+    pictures set ``self.generator`` (a ``torch.Generator``) or ``self.rotations`` (a fixed tensor
+    ``[n_rounds, d_head, n_buckets // 2]``, which then also fixes n_rounds and n_buckets).
+    """
+
+    def __init__(self, d_model, n_heads, *, n_rounds=4, chunk_len=64, n_buckets=None, causal=False, look_back=1,
+                 same_bucket_only=True, dedup=False, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout, shared_qk=True)
+        for name, value in (("n_rounds", n_rounds), ("chunk_len", chunk_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if n_buckets is not None:
+            check_n_buckets(n_buckets)
+        self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets
+        self.causal, self.look_back, self.same_bucket_only, self.dedup = causal, look_back, same_bucket_only, dedup
+        self.generator, self.rotations = None, None
+
+    def forward(self, x):
+        self.check(x)
+        qk, v = self.heads(self.to_qk(x)), self.heads(self.to_v(x))  # [B, h, L, d_head]
+        rotations = self.rotations
+        if rotations is None:
+            n_buckets = self.n_buckets or default_n_buckets(x.shape[1], self.chunk_len)
+            rotations = random_rotations(qk.shape[-1], n_buckets, self.n_rounds, generator=self.generator,
+                                         device=x.device)
+        out = lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal, look_back=self.look_back,
+                            same_bucket_only=self.same_bucket_only, dedup=self.dedup)
+        return self.finish(out)
+
+
+class FullSelfAttention(_SelfAttention):
+    """Full self-attention, the same interface: shared-QK with the Reformer's conventions by default, or
+    ordinary separate Q and K (``shared_qk=False``) through ``scaled_dot_product_attention``."""
+
+    def __init__(self, d_model, n_heads, *, causal=False, dropout=0.0, shared_qk=True):
+        super().__init__(d_model, n_heads, dropout, shared_qk=shared_qk)
+        self.causal, self.shared_qk = causal, shared_qk
+
+    def forward(self, x):
+        self.check(x)
+        v = self.heads(self.to_v(x))  # [B, h, L, d_head]
+        if self.shared_qk:
+            out = full_attention(self.heads(self.to_qk(x)), v, causal=self.causal)
+        else:
+            out = dense_attention(self.heads(self.to_q(x)), self.heads(self.to_k(x)), v, causal=self.causal)
+        return self.finish(out)

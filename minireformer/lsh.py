@@ -1,0 +1,370 @@
+"""Multi-round LSH attention (Reformer, section 2 and appendix A), one small step at a time.
+
+Hashing (``minireformer.hashing``) puts similar vectors in the same bucket. To attend within buckets with
+dense matrix products, the paper sorts and chunks:
+
+    "we first sort the queries by bucket number and, within each bucket, by sequence position; this
+     defines a permutation where i -> s_i after sorting. [...] chunks of m consecutive queries (after
+     sorting) attend to each other, and one chunk back."
+
+Each of ``n_rounds`` hash rounds r gives an output and its log-partition function ``z`` (logsumexp):
+
+    o_i^(r) = sum_j exp(q_i . k_j - m_ij^(r) - z(i, P_i^(r))) v_j,   o_i = sum_r exp(z(i, P_i^(r)) - z(i, P_i)) o_i^(r)
+
+    m_ij^(r) = inf if j not in P_i^(r);  1e5 if i = j;  log N_ij otherwise (only with ``dedup=True``),
+
+where ``z(i, P_i) = logsumexp_r z(i, P_i^(r))`` and ``N_ij`` is the number of rounds in which j was a
+*permitted* key of i: in i's window and passing the mask below. A query may attend key j when j is in its
+window (own chunk + ``look_back`` chunks before it, wrapping: chunk 0 looks back at the last chunk, as trax
+and HF do), shares its bucket in that round (``same_bucket_only``; trax/HF allow any bucket in the window),
+is not padding, and under ``causal=True`` is not later in the original sequence. The query itself is
+always permitted but scores ``-1e5`` lower, so it is attended only when nothing else is (shared-QK would
+otherwise make every query attend itself most).
+
+Choices the paper leaves open:
+
+- a key must never appear twice in a window, so the look-back actually used is ``min(look_back, n_chunks - 1)``;
+- any length works: the sequence is padded to a multiple of ``chunk_len``; padding gets bucket ``n_buckets``,
+  so it sorts after every real token, and it is never attended;
+- half precision: inputs in float16/bfloat16 are upcast and scores are computed in float32 (autocast off),
+  so the -1e5 self bias and the mask never overflow; the output is cast back to the input dtype.
+
+The steps below are small functions a lesson can call one at a time (pad, sort, chunk, look back, mask,
+attend, unsort, combine); :func:`lsh_attention` runs them for all rounds and chunks at once (rounds and
+chunks are tensor dims, gathered by index) in blocks of chunks that fit in cache, and a custom backward
+recomputes each block's probabilities instead of storing them: backward keeps O(b * L * d), the forward
+peak is O(b * n_rounds * L * d) (each round's output) beside one block. :func:`lsh_attention_reference` is the slow twin: explicit ``[L, L]`` masks and a dense softmax.
+
+Shapes: ``qk, v [..., L, d]``; ``rotations [n_rounds, d, n_buckets // 2]``; buckets ``[b, n_rounds, L]``;
+chunked tensors ``[b, n_rounds, n_chunks, chunk_len, ...]``; a window holds ``w = (1 + look_back) * chunk_len``
+keys. Keys are unit vectors ``k = qk / |qk|``, queries are not, and scores are scaled by ``1 / sqrt(d)``.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from minireformer.hashing import hash_vectors
+
+SELF_BIAS = 1e5  # the paper's m_ii: attend to yourself only when there is nobody else
+BLOCK_SCORES = 1 << 19  # the fast path works on blocks of chunks holding about this many scores (CPU: cache)
+BLOCK_SCORES_ACCELERATOR = 1 << 24  # on a GPU: big blocks, few kernel launches
+HASH_BLOCK = 1 << 20  # and hashes blocks of positions with about this many rotated coordinates
+
+
+# ---- the steps, each callable on its own -----------------------------------------------------------------
+def pad_buckets(buckets, chunk_len, n_buckets):
+    """Pad ``[..., L]`` bucket ids to a multiple of ``chunk_len`` with bucket ``n_buckets`` (sorts last)."""
+    pad = -buckets.shape[-1] % chunk_len
+    return F.pad(buckets, (0, pad), value=n_buckets) if pad else buckets
+
+
+def sort_by_bucket(buckets):
+    """Stable sort of each round by (bucket, position). ``[..., L]`` -> ``(sticker, undo)``, both ``[..., L]``.
+
+    ``sticker[s]`` is the original position of the s-th sorted token; ``undo`` is its inverse permutation
+    (``undo[i]`` = sorted slot of position i), so ``sorted.gather(-1, undo)`` restores the original order.
+    """
+    length = buckets.shape[-1]
+    position = torch.arange(length, device=buckets.device)
+    sticker = torch.argsort(buckets * length + position, dim=-1)  # the keys are distinct: no ties
+    undo = torch.empty_like(sticker).scatter_(-1, sticker, position.expand_as(sticker))
+    return sticker, undo
+
+
+def sort_vectors(x, sticker):
+    """Put ``x [..., L, d]`` (shared by all rounds) in each round's sorted order: ``[..., n_rounds, L, d]``."""
+    index = sticker[..., None].expand(*sticker.shape, x.shape[-1])
+    return x.unsqueeze(-3).expand(*sticker.shape[:-1], *x.shape[-2:]).gather(-2, index)
+
+
+def unsort(x, undo):
+    """Undo the sort of one round's vectors: ``x [..., n_rounds, L, d]`` -> same shape, original order."""
+    return x.gather(-2, undo[..., None].expand_as(x))
+
+
+def split_chunks(x, chunk_len, dim=-1):
+    """Cut axis ``dim`` (length a multiple of ``chunk_len``) into ``[n_chunks, chunk_len]``."""
+    return x.unflatten(dim, (-1, chunk_len))
+
+
+def look_back_chunks(x, look_back, dim=-2):
+    """Give every chunk its window: itself, then the ``look_back`` chunks before it (chunk 0 wraps around).
+
+    ``dim`` is the n_chunks axis and ``dim + 1`` the axis within a chunk, e.g. ``[..., n_chunks, c]`` ->
+    ``[..., n_chunks, w]``. Only ``min(look_back, n_chunks - 1)`` chunks are taken, so no key is repeated.
+    """
+    look_back = max(0, min(look_back, x.shape[dim] - 1))
+    return torch.cat([x.roll(shift, dims=dim) for shift in range(look_back + 1)], dim=dim + 1)
+
+
+def chunk_mask(q_pos, k_pos, q_buckets, k_buckets, *, length, causal=False, same_bucket_only=True):
+    """Which keys each query may attend: ``q_* [..., c]``, ``k_* [..., w]`` -> bool ``[..., c, w]``.
+
+    Positions are original (unsorted) positions; ``>= length`` marks padding.
+    """
+    allowed = (k_pos < length)[..., None, :]  # padding is never attended  [..., 1, w]
+    if causal:
+        allowed = allowed & (k_pos[..., None, :] <= q_pos[..., :, None])
+    if same_bucket_only:
+        allowed = allowed & (k_buckets[..., None, :] == q_buckets[..., :, None])
+    return allowed.expand(*q_pos.shape, k_pos.shape[-1])
+
+
+def chunk_scores(q, k, allowed, *, counts=None):
+    """Scores ``q k^T / sqrt(d) - m_ij`` of queries ``[..., c, d]`` against their window ``[..., w, d]``.
+
+    The window starts with the query's own chunk (as :func:`look_back_chunks` builds it), so the query
+    itself sits on the diagonal of the first c columns: that diagonal gets the self bias. Forbidden keys
+    get the most negative float, not ``-inf``, so an all-padding row stays finite (its output is dropped).
+    ``counts`` (``N_ij``, for ``dedup``) subtracts ``log N_ij``.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [..., c, w]
+    if counts is not None:
+        scores = scores - counts.to(scores.dtype).log()
+    scores[..., : q.shape[-2]].diagonal(dim1=-2, dim2=-1).sub_(SELF_BIAS)
+    return torch.where(allowed, scores, torch.finfo(scores.dtype).min)
+
+
+def attend(q, k, v, allowed, *, counts=None):
+    """Attention inside chunks: ``(out [..., c, d], lse [..., c], probs [..., c, w])``."""
+    scores = chunk_scores(q, k, allowed, counts=counts)
+    probs = scores.softmax(dim=-1)
+    # softmax's largest entry is exp(0) / sum exp(s - max), so logsumexp = max - log(largest prob): one pass fewer
+    top, arg = scores.max(dim=-1, keepdim=True)
+    lse = (top - probs.gather(-1, arg).log()).squeeze(-1)
+    return probs @ v, lse, probs
+
+
+def duplicate_counts(q_met, k_met, *, n_chunks, look_back, same_bucket_only):
+    """``N_ij``, the number of rounds in which key j was permitted for query i (1 on the self diagonal,
+    which the paper leaves to the self bias alone).
+
+    ``*_met`` = ``(chunk, bucket)`` of each token in every round, ``[..., c, n_rounds]`` / ``[..., w, n_rounds]``.
+    j is permitted for i in round r when j's chunk is i's or one of the ``look_back`` before (wrapping),
+    and (with ``same_bucket_only``) their buckets match; causality and padding do not depend on the round,
+    and ``N_ij`` is only used where j is permitted in the current round.
+    """
+    look_back = min(look_back, n_chunks - 1)
+    (q_chunk, q_bucket), (k_chunk, k_bucket) = q_met, k_met
+    met = (q_chunk[..., :, None, :] - k_chunk[..., None, :, :]) % n_chunks <= look_back  # [..., c, w, n_rounds]
+    if same_bucket_only:
+        met &= q_bucket[..., :, None, :] == k_bucket[..., None, :, :]
+    counts = met.sum(-1).clamp_(min=1)  # [..., c, w]
+    counts[..., : q_chunk.shape[-2]].diagonal(dim1=-2, dim2=-1).fill_(1)
+    return counts
+
+
+def combine_rounds(o, lse):
+    """``o = sum_r exp(z_r - logsumexp_r z_r) o_r``: ``o [..., n_rounds, L, d]``, ``lse [..., n_rounds, L]``."""
+    return torch.einsum("...rl,...rld->...ld", lse.softmax(dim=-2), o)
+
+
+# ---- the fast path: every round and chunk at once, in blocks that fit in cache -------------------------------
+def _rows(x, rows):
+    """``x[rows]`` for a 2-D block of row numbers: ``[R, ...]`` gathered by ``[n, m]`` -> ``[n, m, ...]``."""
+    return x.index_select(0, rows.flatten()).unflatten(0, rows.shape)
+
+
+class _Plan:
+    """The integer bookkeeping of one call: for each sorted chunk (all batches and rounds flattened to N
+    chunks), which input rows are its queries and its window of keys, with their positions and buckets."""
+
+    def __init__(self, buckets, *, length, chunk_len, look_back, causal, same_bucket_only, dedup):
+        b, n_rounds, padded = buckets.shape  # [b, r, Lp]
+        self.batch, self.n_rounds, self.padded, self.length = b, n_rounds, padded, length
+        self.n_chunks = padded // chunk_len
+        self.mask_args = dict(length=length, causal=causal, same_bucket_only=same_bucket_only)
+        self.look_back, self.same_bucket_only = look_back, same_bucket_only
+        sticker, undo = sort_by_bucket(buckets)  # [b, r, Lp]
+        batch = torch.arange(b, device=buckets.device).view(b, 1, 1)
+        rows = sticker + padded * batch  # rows of the [b * Lp, d] inputs, in sorted order
+        rounds = torch.arange(n_rounds, device=buckets.device).view(1, n_rounds, 1)
+        out_rows = rows * n_rounds + rounds  # rows of the [b * Lp * r, d] per-round outputs
+
+        def chunks(x):  # [b, r, Lp] -> [N, c]
+            return split_chunks(x, chunk_len).flatten(0, 2)
+
+        def windows(x):  # [b, r, Lp] -> [N, w]
+            return look_back_chunks(split_chunks(x, chunk_len), look_back).flatten(0, 2)
+
+        sorted_buckets = buckets.gather(-1, sticker)
+        self.q_rows, self.k_rows, self.out_rows = chunks(rows), windows(rows), chunks(out_rows)
+        self.q_pos, self.k_pos = chunks(sticker), windows(sticker)
+        self.q_buckets, self.k_buckets = chunks(sorted_buckets), windows(sorted_buckets)
+        # for dedup: chunk and bucket of every input row in every round, [b * Lp, r] each
+        self.met = [(undo // chunk_len).mT.flatten(0, 1), buckets.mT.flatten(0, 1)] if dedup else None
+        budget = BLOCK_SCORES if buckets.device.type == "cpu" else BLOCK_SCORES_ACCELERATOR
+        per_block = max(1, budget // (chunk_len * self.k_pos.shape[-1]))
+        self.blocks = [slice(s, s + per_block) for s in range(0, self.q_rows.shape[0], per_block)]
+
+    def gather(self, q, k, v, block):
+        """One block of sorted query chunks ``[n, c, d]``, their key/value windows ``[n, w, d]``, the mask, N_ij."""
+        q_rows, k_rows = self.q_rows[block], self.k_rows[block]
+        allowed = chunk_mask(self.q_pos[block], self.k_pos[block], self.q_buckets[block], self.k_buckets[block],
+                             **self.mask_args)  # [n, c, w]
+        counts = None
+        if self.met is not None:
+            counts = duplicate_counts([_rows(t, q_rows) for t in self.met], [_rows(t, k_rows) for t in self.met],
+                                      n_chunks=self.n_chunks, look_back=self.look_back,
+                                      same_bucket_only=self.same_bucket_only)
+        return _rows(q, q_rows), _rows(k, k_rows), _rows(v, k_rows), allowed, counts
+
+    def dense(self, q, k, v, weights):
+        """The ``[b, L, L]`` attention weights, each round's probabilities times its combination weight
+        (``weights [b * Lp * r]``), scattered back to original positions. Only for small L."""
+        attn = q.new_zeros(q.shape[0] * self.padded)  # [b * Lp * Lp]
+        for block in self.blocks:
+            q_block, k_block, _, allowed, counts = self.gather(q, k, v, block)
+            probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
+            probs = probs * _rows(weights, self.out_rows[block]).unsqueeze(-1)
+            cells = self.q_rows[block].unsqueeze(-1) * self.padded + self.k_pos[block].unsqueeze(-2)  # [n, c, w]
+            attn.index_add_(0, cells.flatten(), probs.flatten())
+        return attn.view(self.batch, self.padded, self.padded)[:, : self.length, : self.length]
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """Attention in every chunk of every round, block by block, and the rounds' combination. It saves
+    only q, k, v, the combined output and the round weights, all O(b * L * d): backward recomputes each
+    block's probabilities (as FlashAttention does), so no ``[b, r, L, w]`` tensor (scores, probabilities,
+    gathered windows) ever exists, and the per-round outputs live only during the forward pass."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, plan):  # q, k, v [b * Lp, d] -> out [b * Lp, d], weights [b * Lp * r]
+        o, lse = q.new_empty(plan.out_rows.numel(), v.shape[-1]), q.new_empty(plan.out_rows.numel())
+        for block in plan.blocks:
+            q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
+            out, block_lse, _ = attend(q_block, k_block, v_block, allowed, counts=counts)  # [n, c, d], [n, c]
+            o.index_copy_(0, plan.out_rows[block].flatten(), out.flatten(0, 1))
+            lse.index_copy_(0, plan.out_rows[block].flatten(), block_lse.flatten())
+        shape = (plan.batch, plan.padded, plan.n_rounds)
+        o, lse = o.view(*shape, v.shape[-1]).transpose(1, 2), lse.view(shape).transpose(1, 2)  # [b, r, Lp, (d)]
+        out, weights = combine_rounds(o, lse).flatten(0, 1), lse.softmax(dim=1).transpose(1, 2).flatten()
+        ctx.mark_non_differentiable(weights)
+        ctx.save_for_backward(q, k, v, out, weights)
+        ctx.plan = plan
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, grad_out, _):
+        q, k, v, out, weights = ctx.saved_tensors
+        plan, scale = ctx.plan, q.shape[-1] ** -0.5
+        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        with torch.autocast(q.device.type, enabled=False):
+            # Round r's output gets w_r * dOut. Its scores get dS = P * (dP - delta + dlse) with dP = dO V^T,
+            # delta = dO . o_r and, through the combination weights, dlse = w_r * (dOut . o_r - dOut . out):
+            # so delta - dlse = w_r * (dOut . out), and the per-round outputs are not needed at all.
+            dots = (grad_out * out).sum(-1)  # [b * Lp]
+            for block in plan.blocks:
+                q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
+                probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
+                w = _rows(weights, plan.out_rows[block]).unsqueeze(-1)  # [n, c, 1]
+                q_rows, k_rows = plan.q_rows[block], plan.k_rows[block].flatten()
+                grad_o = _rows(grad_out, q_rows) * w  # [n, c, d]
+                grad_s = (grad_o @ v_block.mT).sub_(_rows(dots, q_rows).unsqueeze(-1) * w).mul_(probs)
+                grad_q.index_add_(0, q_rows.flatten(), (grad_s @ k_block).flatten(0, 1), alpha=scale)
+                grad_k.index_add_(0, k_rows, (grad_s.mT @ q_block).flatten(0, 1), alpha=scale)
+                grad_v.index_add_(0, k_rows, (probs.mT @ grad_o).flatten(0, 1))
+        return grad_q, grad_k, grad_v, None
+
+
+def _prepare(qk, v, rotations, chunk_len, look_back, return_attention):
+    """Check the arguments, flatten the leading dims into one batch dim, upcast half precision, hash."""
+    for name, x in (("qk", qk), ("v", v)):
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if qk.dim() < 2 or qk.shape != v.shape:
+        raise ValueError(f"qk and v must have the same shape [..., L, d], "
+                         f"got qk {tuple(qk.shape)} and v {tuple(v.shape)}")
+    if qk.dtype != v.dtype or qk.device != v.device:
+        raise TypeError(f"qk and v must share dtype and device, "
+                        f"got {qk.dtype} on {qk.device} and {v.dtype} on {v.device}")
+    for name, value, least in (("chunk_len", chunk_len, 1), ("look_back", look_back, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if not torch.is_tensor(rotations) or rotations.dim() != 3 or rotations.shape[1] != qk.shape[-1]:
+        got = tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__
+        raise ValueError(f"rotations must have shape [n_rounds, d, n_buckets // 2] with d = {qk.shape[-1]} "
+                         f"(the last dimension of qk), got {got}")
+    dtype, shape = qk.dtype, qk.shape
+    work = torch.promote_types(dtype, torch.float32)  # float16/bfloat16 -> float32: see the module docstring
+    qk, v = (x.reshape(math.prod(shape[:-2]), *shape[-2:]).to(work) for x in (qk, v))  # [b, L, d]
+
+    def finish(out, attn):
+        out = out.to(dtype).reshape(shape)
+        return (out, attn.to(dtype).reshape(*shape[:-1], shape[-2])) if return_attention else out
+
+    # Hash a slice of positions at a time: with the paper's n_buckets = 2L / chunk_len all the rotated vectors
+    # [b, r, L, n_buckets / 2] would take O(L^2) memory. The slices are written into one tensor made up front
+    # (many small results kept alive between big temporaries would fragment the heap).
+    buckets = qk.new_empty(qk.shape[0], rotations.shape[0], qk.shape[1], dtype=torch.long)  # [b, r, L]
+    rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[0] * rotations.shape[2]))
+    for start in range(0, qk.shape[1], rows):
+        buckets[..., start : start + rows] = hash_vectors(qk[:, start : start + rows], rotations)
+    return qk, v, buckets, finish
+
+
+def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
+                  dedup=False, return_attention=False):
+    """Multi-round LSH attention, the fast way: memory O(b * n_rounds * L * chunk_len), no L x L tensor.
+
+    qk, v: ``[..., L, d]`` (shared query/key vectors and values); rotations: ``[n_rounds, d, n_buckets // 2]``
+    from :func:`minireformer.hashing.random_rotations`, shared by all leading dims. ``chunk_len``: queries
+    per chunk; ``look_back``: earlier chunks each chunk also sees; ``same_bucket_only=False`` lets a query
+    attend any key in its window (trax/HF); ``dedup``: subtract ``log N_ij`` (module docstring).
+    Returns ``[..., L, d]``, and with ``return_attention=True`` also the (detached) dense weights
+    ``[..., L, L]``, summed over rounds with their combination weights (for pictures and tests at small L).
+    """
+    qk, v, buckets, finish = _prepare(qk, v, rotations, chunk_len, look_back, return_attention)
+    b, length, d = qk.shape  # [b, L, d]
+    with torch.autocast(qk.device.type, enabled=False):
+        buckets = pad_buckets(buckets, chunk_len, 2 * rotations.shape[-1])  # [b, r, Lp]
+        padded = buckets.shape[-1]
+        plan = _Plan(buckets, length=length, chunk_len=chunk_len, look_back=look_back, causal=causal,
+                     same_bucket_only=same_bucket_only, dedup=dedup)
+
+        def pad(x):  # [b, L, d] -> [b * Lp, d]
+            return (F.pad(x, (0, 0, 0, padded - length)) if padded > length else x).flatten(0, 1)
+
+        q, k, v = pad(qk), pad(F.normalize(qk, dim=-1)), pad(v)
+        out, weights = _ChunkedAttention.apply(q, k, v, plan)  # [b * Lp, d], [b * Lp * r]
+        out = out.view(b, padded, d)[:, :length]  # [b, L, d]
+        attn = None
+        if return_attention:
+            with torch.no_grad():
+                attn = plan.dense(q, k, v, weights)
+    return finish(out, attn)
+
+
+def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
+                            dedup=False, return_attention=False):
+    """The same attention the slow, obvious way: per round an explicit ``[L, L]`` mask of permitted pairs
+    from the same bucket ids and windows, a dense masked softmax, rounds combined by their logsumexp."""
+    qk, v, buckets, finish = _prepare(qk, v, rotations, chunk_len, look_back, return_attention)
+    b, length, d = qk.shape
+    n_chunks = -(-length // chunk_len)
+    look_back = min(look_back, n_chunks - 1)
+    position = torch.arange(length, device=qk.device)
+    permitted = []
+    for r in range(buckets.shape[1]):
+        order = torch.sort(buckets[:, r], dim=-1, stable=True).indices  # by bucket, ties by position  [b, L]
+        chunk = torch.argsort(order, dim=-1) // chunk_len  # chunk of each original position  [b, L]
+        ok = (chunk[:, :, None] - chunk[:, None, :]) % n_chunks <= look_back  # j in i's window  [b, L, L]
+        if same_bucket_only:
+            ok = ok & (buckets[:, r, :, None] == buckets[:, r, None, :])
+        if causal:
+            ok = ok & (position[None, :] <= position[:, None])
+        permitted.append(ok)
+    permitted = torch.stack(permitted, dim=1)  # [b, r, L, L]
+    is_self = torch.eye(length, dtype=torch.bool, device=qk.device)
+    scores = (qk @ F.normalize(qk, dim=-1).mT / math.sqrt(d)).unsqueeze(1)  # [b, 1, L, L]
+    scores = scores - SELF_BIAS * is_self
+    if dedup:
+        n_met = permitted.sum(dim=1, keepdim=True).clamp(min=1).to(scores.dtype)  # N_ij  [b, 1, L, L]
+        scores = scores - torch.where(is_self, 0.0, n_met.log())
+    scores = scores.masked_fill(~permitted, -math.inf)  # [b, r, L, L]
+    lse = scores.logsumexp(dim=-1)  # [b, r, L]
+    probs = (scores - lse[..., None]).exp()
+    attn = (lse.softmax(dim=1)[..., None] * probs).sum(dim=1)  # [b, L, L]
+    return finish(attn @ v, attn)
