@@ -160,3 +160,138 @@ def plot_rounds(thetas, measured, single):
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
+
+
+# ---- lesson 02: one small example walked through every stage of LSH attention ---------------------------------
+LSH_STAGES = ("hash", "sort", "chunk", "mask", "attend", "unsort", "combine")
+LSH_STAGE_TEXT = {
+    "hash": "every token gets a bucket in every round: h(x) = argmax([xR; -xR]), a fresh R per round",
+    "sort": "each round sorts its tokens by (bucket, position): similar tokens become neighbours",
+    "chunk": "the sorted sequence is cut into chunks of chunk_len; each chunk also sees the chunk before it",
+    "mask": "inside its window a query may attend keys of its own bucket only (never itself, unless alone)",
+    "attend": "softmax over the permitted keys of each window, in sorted order",
+    "unsort": "the inverse permutation puts every round's attention back in the original order",
+    "combine": "rounds are averaged with weights exp(z_r - logsumexp_r z_r), z_r each round's logsumexp",
+}
+
+
+def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, causal=False, n_clusters=5, seed=0):
+    """Run one small example through the steps of :mod:`minireformer.lsh`, keeping every intermediate.
+
+    Returns a dict of tensors (leading dim: rounds): ``buckets``, ``sticker`` (sorted order), ``undo``,
+    ``sorted_buckets`` ``[r, L]``; ``allowed_sorted``, ``attention_sorted``, ``attention_rounds`` ``[r, L, L]``
+    (the last in original order); ``round_weights`` ``[r, L]``; ``attention`` and ``full`` ``[L, L]``.
+    The tokens are drawn around ``n_clusters`` directions, so that there are neighbours to find.
+    """
+    from . import lsh
+
+    if length % chunk_len:
+        raise ValueError(f"length ({length}) must be a multiple of chunk_len ({chunk_len}) for the pictures")
+    g = torch.Generator().manual_seed(seed)
+    # tokens from a few clusters, as trained queries/keys are: full attention stays mostly inside a cluster
+    centers = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=g, dtype=torch.float64), dim=-1)
+    cluster = torch.randint(n_clusters, (length,), generator=g)
+    qk = 4 * d ** 0.5 * centers[cluster] + torch.randn(length, d, generator=g, dtype=torch.float64)
+    v = torch.randn(length, d, generator=g, dtype=torch.float64)
+    rotations = random_rotations(d, n_buckets, n_rounds, generator=g, dtype=torch.float64)
+    buckets = hash_vectors(qk, rotations)  # [r, L]
+    sticker, undo = lsh.sort_by_bucket(buckets)  # [r, L]
+    sorted_buckets = buckets.gather(-1, sticker)
+
+    def chunks(x):  # [r, L, ...] -> [r, n_chunks, c, ...]
+        return lsh.split_chunks(x, chunk_len, dim=1)
+
+    def windows(x):  # [r, n_chunks, c, ...] -> [r, n_chunks, w, ...]
+        return lsh.look_back_chunks(chunks(x), 1, dim=1)
+
+    allowed = lsh.chunk_mask(chunks(sticker), windows(sticker), chunks(sorted_buckets), windows(sorted_buckets),
+                             length=length, causal=causal)  # [r, n, c, w]
+    q = lsh.sort_vectors(qk, sticker)  # [r, L, d]
+    k = lsh.sort_vectors(torch.nn.functional.normalize(qk, dim=-1), sticker)
+    _, lse, probs = lsh.attend(chunks(q), windows(k), windows(lsh.sort_vectors(v, sticker)), allowed)
+    # scatter each window back into an [L, L] matrix of sorted slots
+    slots = torch.arange(length).expand(n_rounds, length)
+    rows, cols = chunks(slots)[..., :, None], windows(slots)[..., None, :]  # [r, n, c, 1], [r, n, 1, w]
+    dense_sorted = torch.zeros(n_rounds, length, length, dtype=torch.float64)
+    allowed_sorted = torch.zeros(n_rounds, length, length, dtype=torch.bool)
+    for r in range(n_rounds):
+        dense_sorted[r][rows[r].expand_as(probs[r]), cols[r].expand_as(probs[r])] = probs[r]
+        allowed_sorted[r][rows[r].expand_as(probs[r]), cols[r].expand_as(probs[r])] = allowed[r]
+    index = undo[:, :, None]  # original order: P[r, i, j] = P_sorted[r, undo[i], undo[j]]
+    rounds = dense_sorted.gather(1, index.expand(-1, -1, length)).gather(2, undo[:, None, :].expand(-1, length, -1))
+    z = lse.flatten(1).gather(1, undo)  # [r, L] each round's logsumexp, original order
+    weights = z.softmax(dim=0)
+    attention = (weights[..., None] * rounds).sum(0)
+    # full attention's weights: LSH attention with one chunk and no bucket restriction is full attention
+    _, full = lsh.lsh_attention_reference(qk, v, rotations, chunk_len=length, causal=causal, same_bucket_only=False,
+                                          return_attention=True)
+    return {"buckets": buckets, "sticker": sticker, "undo": undo, "sorted_buckets": sorted_buckets,
+            "allowed_sorted": allowed_sorted, "attention_sorted": dense_sorted, "attention_rounds": rounds,
+            "round_weights": weights, "attention": attention, "full": full, "chunk_len": chunk_len,
+            "n_buckets": n_buckets, "qk": qk, "v": v, "rotations": rotations}
+
+
+def _token_strip(ax, buckets, labels, n_buckets, chunk_len=None):
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(buckets[None].numpy(), cmap=ListedColormap(bucket_colors(n_buckets)), vmin=-0.5,
+              vmax=n_buckets - 0.5, aspect="auto")
+    for i, label in enumerate(labels):
+        ax.text(i, 0, str(label), ha="center", va="center", fontsize=7)
+    if chunk_len:
+        for edge in range(chunk_len, len(labels), chunk_len):
+            ax.axvline(edge - 0.5, color="k", lw=2.5)
+    ax.set_yticks([])
+    ax.set_xticks([])
+
+
+def _matrix(ax, matrix, chunk_len=None, cmap="Blues", vmax=None):
+    ax.imshow(matrix.double().numpy(), cmap=cmap, vmin=0, vmax=vmax)
+    if chunk_len:
+        for edge in range(chunk_len, matrix.shape[0], chunk_len):
+            ax.axvline(edge - 0.5, color="0.5", lw=0.6)
+            ax.axhline(edge - 0.5, color="0.5", lw=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_lsh_stage(walk, stage):
+    """Figure: one stage of :func:`lsh_walkthrough` (a name in ``LSH_STAGES``), one row of panels per round."""
+    if stage not in LSH_STAGES:
+        raise ValueError(f"stage must be one of {LSH_STAGES}, got {stage!r}")
+    n_rounds, length = walk["buckets"].shape
+    n_buckets, chunk_len = walk["n_buckets"], walk["chunk_len"]
+    strip = stage in ("hash", "sort", "chunk")
+    if stage == "combine":
+        fig = Figure(figsize=(9, 4.4), layout="constrained")
+        left, right = fig.subplots(1, 2)
+        top = max(walk["attention"].max(), walk["full"].max()).item()  # one colour scale for both
+        _matrix(left, walk["attention"], vmax=top)
+        left.set_title(f"LSH attention, {n_rounds} round{'s' * (n_rounds > 1)} combined")
+        _matrix(right, walk["full"], vmax=top)
+        right.set_title("full attention")
+        for ax in (left, right):
+            ax.set(xlabel="key position", ylabel="query position")
+        return fig
+    fig = Figure(figsize=(10, 1.3 * n_rounds + 0.6) if strip else (4.4 * n_rounds, 4.6), layout="constrained")
+    axes = fig.subplots(n_rounds, 1) if strip else fig.subplots(1, n_rounds)
+    axes = [axes] if n_rounds == 1 else list(axes)
+    for r, ax in enumerate(axes):
+        if stage == "hash":
+            _token_strip(ax, walk["buckets"][r], range(length), n_buckets)
+            ax.set_title(f"round {r + 1}: tokens in their original order, coloured by bucket", fontsize=9)
+        elif strip:
+            _token_strip(ax, walk["sorted_buckets"][r], walk["sticker"][r].tolist(), n_buckets,
+                         chunk_len if stage == "chunk" else None)
+            what = "sorted by (bucket, position)" if stage == "sort" else f"cut into chunks of {chunk_len}"
+            ax.set_title(f"round {r + 1}: {what} (numbers: original positions)", fontsize=9)
+        elif stage == "mask":
+            _matrix(ax, walk["allowed_sorted"][r], chunk_len, cmap="Greys", vmax=1.4)
+            ax.set_title(f"round {r + 1}: permitted pairs (sorted order)", fontsize=9)
+        elif stage == "attend":
+            _matrix(ax, walk["attention_sorted"][r], chunk_len, vmax=1)
+            ax.set_title(f"round {r + 1}: attention (sorted order)", fontsize=9)
+        else:
+            _matrix(ax, walk["attention_rounds"][r], vmax=1)
+            ax.set_title(f"round {r + 1}: attention (original order)", fontsize=9)
+    return fig

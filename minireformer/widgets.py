@@ -1,21 +1,53 @@
 """Interactive lesson widgets: thin ipywidgets wiring around the pure figure functions of ``plots``.
 
 A widget only connects controls to a pure function of the control values. It keeps the result of the
-last update (``buckets``, ``figure``, ``summary``) so a test can set ``widget.controls[...].value`` and check
-what a learner would see, without a browser.
+last update (``figure``, ``summary`` and the data drawn) so a test can set ``widget.controls[...].value``
+and check what a learner would see, without a browser.
 """
 
 import io
 import math
 from collections import Counter
+from functools import lru_cache
 
 import ipywidgets as widgets
 from IPython.display import Image, display
 from matplotlib.figure import Figure
 
-from .plots import draw_hash_circle, draw_hash_sphere, hash_points
+from .plots import LSH_STAGE_TEXT, LSH_STAGES, draw_hash_circle, draw_hash_sphere, hash_points, lsh_walkthrough, plot_lsh_stage
 
 
+class FigureWidget:
+    """Controls on the left; on the right the figure of ``self.draw(**values)``, redrawn on every change,
+    with the sentence ``self.summary`` under the controls. Subclasses set ``controls`` and ``draw``."""
+
+    def __init__(self, controls, extra=()):
+        self.controls = controls
+        self.text = widgets.HTML()
+        self.output = widgets.Output()
+        self.extra = list(extra)
+        for control in self.controls.values():
+            control.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    def values(self):
+        return {name: control.value for name, control in self.controls.items()}
+
+    def update(self):
+        self.figure, self.summary = self.draw(**self.values())
+        self.text.value = f"<code>{self.summary}</code>"
+        png = io.BytesIO()
+        self.figure.savefig(png, format="png", dpi=80)
+        with self.output:  # a PNG, so the picture shows whatever matplotlib backend the kernel has
+            self.output.clear_output(wait=True)
+            display(Image(png.getvalue()))
+
+    def _ipython_display_(self):
+        left = widgets.VBox([*self.controls.values(), *self.extra, self.text], layout={"width": "420px"})
+        display(widgets.HBox([left, self.output]))
+
+
+# ---- lesson 01 --------------------------------------------------------------------------------------------
 def hash_picture(view="circle", n_points=40, n_buckets=4, seed=0, angle=0.0, random_rotation=False, rotation_seed=0):
     """The hash-rotation picture as a pure function of the widget's controls.
 
@@ -40,30 +72,26 @@ def hash_picture(view="circle", n_points=40, n_buckets=4, seed=0, angle=0.0, ran
     return fig, data["buckets"], summary
 
 
-class HashRotationWidget:
+class HashRotationWidget(FigureWidget):
     """Points on the unit circle or sphere, coloured by their bucket, with controls for every choice."""
 
     def __init__(self, n_points=40, n_buckets=4, seed=0):
         style = {"description_width": "110px"}
-        self.controls = {
+        self.rotation_seed = 0
+        button = widgets.Button(description="new random rotation", icon="refresh")
+        button.on_click(lambda _: self.new_rotation())
+        super().__init__({
             "view": widgets.ToggleButtons(options=["circle", "sphere"], description="view", style=style),
             "n_buckets": widgets.IntSlider(n_buckets, min=2, max=16, step=2, description="n_buckets", style=style),
             "n_points": widgets.IntSlider(n_points, min=4, max=400, step=4, description="points", style=style),
             "seed": widgets.IntText(seed, description="points seed", style=style),
             "angle": widgets.FloatSlider(0.0, min=0.0, max=360.0, step=5.0, description="angle (°)", style=style),
             "random_rotation": widgets.Checkbox(False, description="Gaussian R instead of an angle", style=style),
-        }
-        self.new_rotation_button = widgets.Button(description="new random rotation", icon="refresh")
-        self.new_rotation_button.on_click(lambda _: self.new_rotation())
-        self.rotation_seed = 0
-        self.text = widgets.HTML()
-        self.output = widgets.Output()
-        for control in self.controls.values():
-            control.observe(lambda _: self.update(), names="value")
-        self.update()
+        }, extra=[button])
 
-    def values(self):
-        return {name: control.value for name, control in self.controls.items()}
+    def draw(self, **values):
+        figure, self.buckets, summary = hash_picture(**values, rotation_seed=self.rotation_seed)
+        return figure, summary
 
     def new_rotation(self):
         """Draw another Gaussian R (and switch to it)."""
@@ -73,14 +101,38 @@ class HashRotationWidget:
         else:
             self.controls["random_rotation"].value = True  # the observer redraws
 
-    def update(self):
-        self.figure, self.buckets, self.summary = hash_picture(**self.values(), rotation_seed=self.rotation_seed)
-        self.text.value = f"<code>{self.summary}</code>"
-        png = io.BytesIO()
-        self.figure.savefig(png, format="png", dpi=80)
-        with self.output:  # a PNG, so the picture shows whatever matplotlib backend the kernel has
-            self.output.clear_output(wait=True)
-            display(Image(png.getvalue()))
 
-    def _ipython_display_(self):
-        display(widgets.HBox([widgets.VBox([*self.controls.values(), self.new_rotation_button, self.text]), self.output]))
+# ---- lesson 02 --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def _walk(seed, n_rounds, causal):
+    return lsh_walkthrough(n_rounds=n_rounds, causal=causal, seed=seed)
+
+
+def lsh_stage_picture(stage=0, n_rounds=2, causal=False, seed=0):
+    """One stage (index into ``LSH_STAGES``) of the 32-token example: ``(figure, summary)``."""
+    if not 0 <= stage < len(LSH_STAGES):
+        raise ValueError(f"stage must be an index in 0..{len(LSH_STAGES) - 1}, got {stage}")
+    name = LSH_STAGES[stage]
+    walk = _walk(seed, n_rounds, causal)
+    summary = f"stage {stage + 1}/{len(LSH_STAGES)} · {name}: {LSH_STAGE_TEXT[name]}"
+    return plot_lsh_stage(walk, name), summary
+
+
+class LSHStepWidget(FigureWidget):
+    """Step one small example (32 tokens, chunks of 8, 4 buckets) through LSH attention, stage by stage."""
+
+    def __init__(self, n_rounds=2, seed=0):
+        style = {"description_width": "80px"}
+        stage = widgets.IntSlider(0, min=0, max=len(LSH_STAGES) - 1, description="stage", style=style,
+                                  readout=False)
+        play = widgets.Play(min=0, max=len(LSH_STAGES) - 1, interval=1500, description="play the stages")
+        widgets.jslink((play, "value"), (stage, "value"))
+        super().__init__({
+            "stage": stage,
+            "n_rounds": widgets.IntSlider(n_rounds, min=1, max=4, description="n_rounds", style=style),
+            "causal": widgets.Checkbox(False, description="causal", style=style),
+            "seed": widgets.IntText(seed, description="seed", style=style),
+        }, extra=[play])
+
+    def draw(self, **values):
+        return lsh_stage_picture(**values)

@@ -58,3 +58,40 @@ def test_new_random_rotation_and_sphere_view():
 def test_bad_view_is_named():
     with pytest.raises(ValueError, match="view must be 'circle' or 'sphere'"):
         hash_picture(view="torus")
+
+
+def test_lsh_walkthrough_is_exactly_what_lsh_attention_computes():
+    from minireformer.lsh import lsh_attention
+    from minireformer.plots import lsh_walkthrough
+
+    for causal in (False, True):
+        walk = lsh_walkthrough(n_rounds=3, causal=causal, seed=4)
+        _, attn = lsh_attention(walk["qk"], walk["v"], walk["rotations"], chunk_len=8, causal=causal,
+                                return_attention=True)
+        torch.testing.assert_close(walk["attention"], attn, rtol=0, atol=1e-12)
+        torch.testing.assert_close(walk["attention_rounds"].sum(-1), torch.ones(3, 32, dtype=torch.float64))
+        # sorting puts each round's buckets in order, and the permitted pairs never cross buckets
+        assert torch.all(walk["sorted_buckets"][:, 1:] >= walk["sorted_buckets"][:, :-1])
+        same = walk["sorted_buckets"][:, :, None] == walk["sorted_buckets"][:, None, :]
+        assert not torch.any(walk["allowed_sorted"] & ~same)
+
+
+def test_lsh_step_widget_walks_every_stage():
+    from minireformer.plots import LSH_STAGES
+    from minireformer.widgets import LSHStepWidget
+
+    widget = LSHStepWidget()
+    seen = []
+    for stage in range(len(LSH_STAGES)):
+        widget.controls["stage"].value = stage
+        seen.append((widget.summary, png_bytes(widget.figure)))
+    assert [s.split(" · ")[1].split(":")[0] for s, _ in seen] == list(LSH_STAGES)
+    assert len({picture for _, picture in seen}) == len(LSH_STAGES)  # every stage draws something new
+    widget.controls["n_rounds"].value = 3
+    assert len(widget.figure.axes) == 2  # the last stage: LSH combined next to full attention
+    widget.controls["stage"].value = 0
+    assert len(widget.figure.axes) == 3  # one strip per round
+    with pytest.raises(ValueError, match="stage must be an index"):
+        from minireformer.widgets import lsh_stage_picture
+
+        lsh_stage_picture(stage=7)
