@@ -26,11 +26,19 @@ def figure_collision_rounds():
     return plots.plot_rounds(ANGLES, measured, single=measured[1])
 
 
+def figure_recall():
+    rounds = [1, 2, 4, 8]
+    return plots.plot_recall(rounds, plots.recall_experiment(rounds))
+
+
 # file name in figures/ -> function that draws it; the lessons draw the same figures with the same calls.
 FIGURES = {
     "hash_rotation.png": plots.plot_hash_rotation,
     "collision_probability.png": figure_collision_probability,
     "collision_rounds.png": figure_collision_rounds,
+    "lsh_sort.png": lambda: plots.plot_lsh_stage(plots.lsh_walkthrough(), "sort"),
+    "lsh_attention.png": lambda: plots.plot_lsh_stage(plots.lsh_walkthrough(), "combine"),
+    "lsh_recall.png": figure_recall,
 }
 
 

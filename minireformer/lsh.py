@@ -368,3 +368,23 @@ def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_b
     probs = (scores - lse[..., None]).exp()
     attn = (lse.softmax(dim=1)[..., None] * probs).sum(dim=1)  # [b, L, L]
     return finish(attn @ v, attn)
+
+
+def top_k_recall(qk, rotations, *, k, chunk_len, causal=False, look_back=1):
+    """How often LSH attention finds the keys that matter: the fraction of each query's top-k keys under
+    full shared-QK attention (itself excluded) that get any weight from :func:`lsh_attention`.
+
+    Builds ``[..., L, L]`` matrices: for lessons and tests at small L only.
+    """
+    _, attn = lsh_attention(qk, qk, rotations, chunk_len=chunk_len, causal=causal, look_back=look_back,
+                            return_attention=True)  # values do not matter, only where the weight goes
+    scores = qk @ F.normalize(qk, dim=-1).mT  # [..., L, L]
+    forbidden = torch.eye(qk.shape[-2], dtype=torch.bool, device=qk.device)
+    if causal:
+        forbidden = forbidden | torch.ones_like(forbidden).triu(1)
+    top = scores.masked_fill(forbidden, -math.inf).topk(k, dim=-1).indices  # [..., L, k]
+    found = attn.gather(-1, top) > 0
+    if causal:  # early queries have fewer than k earlier keys: count only real ones
+        real = top < torch.arange(qk.shape[-2], device=qk.device)[:, None]
+        return (found & real).sum().double() / real.sum()
+    return found.double().mean()

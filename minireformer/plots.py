@@ -175,6 +175,14 @@ LSH_STAGE_TEXT = {
 }
 
 
+def clustered_vectors(length, d, n_clusters, *, strength=4.0, generator=None):
+    """``[length, d]`` float64 vectors around ``n_clusters`` random directions, as trained queries and keys
+    are: each is ``strength * sqrt(d) * centre + noise``, so full attention stays mostly inside a cluster."""
+    centers = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=generator, dtype=torch.float64), dim=-1)
+    cluster = torch.randint(n_clusters, (length,), generator=generator)
+    return strength * d ** 0.5 * centers[cluster] + torch.randn(length, d, generator=generator, dtype=torch.float64)
+
+
 def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, causal=False, n_clusters=5, seed=0):
     """Run one small example through the steps of :mod:`minireformer.lsh`, keeping every intermediate.
 
@@ -188,10 +196,7 @@ def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, ca
     if length % chunk_len:
         raise ValueError(f"length ({length}) must be a multiple of chunk_len ({chunk_len}) for the pictures")
     g = torch.Generator().manual_seed(seed)
-    # tokens from a few clusters, as trained queries/keys are: full attention stays mostly inside a cluster
-    centers = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=g, dtype=torch.float64), dim=-1)
-    cluster = torch.randint(n_clusters, (length,), generator=g)
-    qk = 4 * d ** 0.5 * centers[cluster] + torch.randn(length, d, generator=g, dtype=torch.float64)
+    qk = clustered_vectors(length, d, n_clusters, generator=g)
     v = torch.randn(length, d, generator=g, dtype=torch.float64)
     rotations = random_rotations(d, n_buckets, n_rounds, generator=g, dtype=torch.float64)
     buckets = hash_vectors(qk, rotations)  # [r, L]
@@ -294,4 +299,33 @@ def plot_lsh_stage(walk, stage):
         else:
             _matrix(ax, walk["attention_rounds"][r], vmax=1)
             ax.set_title(f"round {r + 1}: attention (original order)", fontsize=9)
+    return fig
+
+
+def recall_experiment(rounds=(1, 2, 4, 8), length=1024, d=64, n_buckets=32, chunk_len=64, k=8, seed=2):
+    """Lesson 02's measurement: :func:`minireformer.lsh.top_k_recall` against the number of rounds, for
+    clustered vectors (like trained attention) and for random ones. Returns ``{label: [recall per round]}``."""
+    from .lsh import top_k_recall
+
+    g = torch.Generator().manual_seed(seed)
+    data = {"clustered (like trained attention)": clustered_vectors(length, d, 32, generator=g),
+            "random vectors": torch.randn(length, d, generator=g, dtype=torch.float64)}
+    return {name: [top_k_recall(x, random_rotations(d, n_buckets, r, generator=g, dtype=torch.float64),
+                                k=k, chunk_len=chunk_len).item() for r in rounds]
+            for name, x in data.items()}
+
+
+def plot_recall(rounds, recall):
+    """Figure: the share of each query's top-k keys that LSH attention finds, against the number of rounds.
+
+    recall: ``{label: [share for each entry of rounds]}``.
+    """
+    fig = Figure(figsize=(6.4, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for label, values in recall.items():
+        ax.plot(rounds, values, "o-", label=label)
+    ax.set(xlabel="hash rounds", ylabel="top-8 keys found", ylim=(0, 1.02), xscale="log", xticks=rounds)
+    ax.set_xticklabels([str(r) for r in rounds])
+    ax.grid(alpha=0.3)
+    ax.legend()
     return fig

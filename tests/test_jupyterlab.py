@@ -167,30 +167,45 @@ def test_lesson_runs_in_jupyterlab_without_errors(lab, browser, lesson):
         page.close()
 
 
-def test_hash_rotation_widget_redraws_when_a_slider_moves(lab, browser, shots):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        open_and_run_all(page, lab, "01_hashing_random_rotations.ipynb")
-        widget = page.locator(".jp-OutputArea-output .widget-hbox").first
-        widget.scroll_into_view_if_needed()
-        picture = widget.locator(".widget-output img").first
-        picture.wait_for()
-        text = widget.locator(".widget-html").first
-        before_src, before_text = picture.get_attribute("src"), text.inner_text()
-        assert "4 buckets" in before_text
-        widget.screenshot(path=shots / "widget_hash_rotation_before.png")
+def step_slider(page, lesson, label, before, after, shots, name):
+    """Run ``lesson``, press the right arrow on the first widget's ``label`` slider, and check that the
+    widget's text goes from containing ``before`` to containing ``after`` and its picture is redrawn."""
+    expect = playwright_api.expect
+    open_and_run_all(page, lab=page.lab, lesson=lesson)
+    widget = page.locator(".jp-OutputArea-output .widget-hbox").first
+    widget.scroll_into_view_if_needed()
+    picture = widget.locator(".widget-output img").first
+    picture.wait_for()
+    text = widget.locator(".widget-html").first
+    expect(text).to_contain_text(before)
+    before_src = picture.get_attribute("src")
+    widget.screenshot(path=shots / f"widget_{name}_before.png")
+    handle = slider(page, widget, label).locator(".noUi-handle")
+    old_value = float(handle.get_attribute("aria-valuenow"))
+    handle.focus()
+    page.keyboard.press("ArrowRight")
+    expect(text).to_contain_text(after, timeout=30_000)
+    expect(picture).not_to_have_attribute("src", before_src, timeout=30_000)
+    assert float(handle.get_attribute("aria-valuenow")) > old_value
+    widget.screenshot(path=shots / f"widget_{name}_after.png")
+    assert errors_on_page(page) == ([], 0)
+    return text.inner_text()
 
-        handle = slider(page, widget, "n_buckets").locator(".noUi-handle")
-        assert handle.get_attribute("aria-valuenow").startswith("4")
-        handle.focus()
-        page.keyboard.press("ArrowRight")  # one step of 2: 4 -> 6 buckets
-        expect = playwright_api.expect
-        expect(text).to_contain_text("6 buckets", timeout=30_000)
-        expect(handle).to_have_attribute("aria-valuenow", re.compile("^6"))
-        expect(picture).not_to_have_attribute("src", before_src, timeout=30_000)
-        sizes = [int(n) for n in re.findall(r"\d+: (\d+)", text.inner_text().split("bucket sizes")[1])]
-        assert len(sizes) == 6 and sum(sizes) == 40
-        widget.screenshot(path=shots / "widget_hash_rotation_after.png")
-        assert errors_on_page(page) == ([], 0)
-    finally:
-        page.close()
+
+@pytest.fixture
+def page(lab, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.lab = lab
+    yield page
+    page.close()
+
+
+def test_hash_rotation_widget_redraws_when_a_slider_moves(page, shots):
+    text = step_slider(page, "01_hashing_random_rotations.ipynb", "n_buckets", "40 points, 4 buckets",
+                       "40 points, 6 buckets", shots, "hash_rotation")  # one step of 2: 4 -> 6 buckets
+    sizes = [int(n) for n in re.findall(r"\d+: (\d+)", text.split("bucket sizes")[1])]
+    assert len(sizes) == 6 and sum(sizes) == 40
+
+
+def test_lsh_step_widget_moves_to_the_next_stage(page, shots):
+    step_slider(page, "02_lsh_attention.ipynb", "stage", "stage 1/7 · hash", "stage 2/7 · sort", shots, "lsh_steps")
