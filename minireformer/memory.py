@@ -1,0 +1,109 @@
+"""Measuring memory: what a forward pass saves for backward, and the peak of forward + backward.
+
+The Reformer's claims are about activation memory (paper Table 3), so the lessons measure two things:
+
+- :func:`saved_activation_bytes`: the bytes of the tensors autograd saves for the backward pass while a
+  forward pass runs, seen through ``torch.autograd.graph.saved_tensors_hooks``. Each storage is counted once
+  and whole (a saved view keeps all of its storage alive). Parameters (an ``nn.Parameter`` or a view of one,
+  such as the ``W^T`` that a Linear layer saves) are left out: they are in memory anyway, whatever the
+  depth of the graph; pass ``include_parameters=True`` to count them too.
+- :func:`peak_memory`: the peak *extra* memory while ``fn`` runs (say forward and backward), above what was
+  allocated before it. On a device whose allocator keeps statistics (CUDA) it is the allocator's peak. On
+  the CPU, which keeps none, every op's freshly allocated output storage is recorded (a
+  ``TorchDispatchMode``) and subtracted again when the storage is freed (a ``weakref`` finalizer); the
+  largest sum seen is the peak. This counts tensor storages only (no allocator rounding or workspace), so
+  it is exact for the questions the lessons ask: how big were the live tensors at the worst moment.
+"""
+
+import weakref
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+def _is_parameter(t):
+    return isinstance(t, nn.Parameter) or isinstance(t._base, nn.Parameter)
+
+
+def saved_activation_bytes(fn, *args, include_parameters=False, **kwargs):
+    """Bytes of the distinct storages autograd saves for backward while ``fn(*args, **kwargs)`` runs.
+
+    ``fn`` should run the forward pass only (a backward pass that recomputes would save again).
+    Parameters are left out unless ``include_parameters=True`` (module docstring).
+    """
+    saved = {}  # data_ptr -> storage; holding the storages keeps each data_ptr unique while we count
+
+    def pack(t):
+        if include_parameters or not _is_parameter(t):
+            storage = t.untyped_storage()
+            saved[(storage.device, storage.data_ptr())] = storage
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args, **kwargs)
+    return sum(storage.nbytes() for storage in saved.values())
+
+
+class StoragePeak(TorchDispatchMode):
+    """Tracks the bytes of tensor storages allocated while the mode is on and still alive, and their peak.
+
+    An op's output is a fresh allocation unless it shares a storage with one of the op's inputs (a view,
+    an in-place op or ``out=``); ``device=None`` counts every device.
+    """
+
+    def __init__(self, device=None):
+        super().__init__()
+        self.device, self.live, self.peak, self.alive = device, 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided and self.counts(t.device):
+                storage = t.untyped_storage()
+                if id(storage) not in inputs and id(storage) not in self.alive and storage.nbytes():
+                    self.add(storage)
+        return out
+
+    def counts(self, device):
+        return self.device is None or (device.type == self.device.type and self.device.index in (None, device.index))
+
+    def add(self, storage):
+        key, size = id(storage), storage.nbytes()
+        self.alive.add(key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self.free, key, size)  # runs when the storage itself is freed
+
+    def free(self, key, size):
+        if key in self.alive:
+            self.alive.discard(key)
+            self.live -= size
+
+
+def _device_of(args, kwargs):
+    for t in tree_flatten((args, kwargs))[0]:
+        if isinstance(t, torch.Tensor):
+            return t.device
+    return torch.device("cpu")
+
+
+def peak_memory(fn, *args, device=None, **kwargs):
+    """Peak extra bytes allocated on ``device`` while ``fn(*args, **kwargs)`` runs (module docstring).
+
+    ``device=None``: the device of the first tensor among the arguments (the CPU if there is none).
+    """
+    device = torch.device(device) if device is not None else _device_of(args, kwargs)
+    module = torch.get_device_module(device.type)
+    if device.type != "cpu" and hasattr(module, "max_memory_allocated"):  # the allocator keeps a peak
+        module.synchronize(device)
+        module.reset_peak_memory_stats(device)
+        before = module.memory_allocated(device)
+        fn(*args, **kwargs)
+        module.synchronize(device)
+        return module.max_memory_allocated(device) - before
+    with StoragePeak(device) as tracker:
+        fn(*args, **kwargs)
+    return tracker.peak
