@@ -88,7 +88,7 @@ def lab(tmp_path_factory):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("JupyterLab did not start:\n" + (home / "server.log").read_text()[-3000:])
                 time.sleep(0.3)
-        yield {"url": url, "token": token}
+        yield {"url": url, "token": token, "root": home / "notebooks"}
     finally:
         server.terminate()
         try:
@@ -115,7 +115,12 @@ def shots(tmp_path):
 
 
 def open_and_run_all(page, lab, lesson):
-    page.goto(f"{lab['url']}/lab/tree/{lesson}?token={lab['token']}")
+    # A fresh copy in a workspace of its own per page: in the shared default workspace JupyterLab would
+    # reopen the previous pages' notebooks as hidden tabs (and their elements would match the locators
+    # below), and a second page on the same file would share the first one's kernel.
+    name = f"{Path(lesson).stem}-{uuid.uuid4().hex[:8]}"
+    shutil.copy(lab["root"] / lesson, lab["root"] / f"{name}.ipynb")
+    page.goto(f"{lab['url']}/lab/workspaces/{name}/tree/{name}.ipynb?token={lab['token']}")
     page.locator(".jp-Notebook .jp-RenderedMarkdown h1").first.wait_for(timeout=60_000)
     page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
