@@ -9,7 +9,7 @@ import math
 
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Wedge
+from matplotlib.patches import Rectangle, Wedge
 
 from .hashing import hash_vectors, planar_rotations, random_rotations
 
@@ -328,4 +328,527 @@ def plot_recall(rounds, recall):
     ax.set_xticklabels([str(r) for r in rounds])
     ax.grid(alpha=0.3)
     ax.legend()
+    return fig
+
+
+# ---- lessons 03 and 04: reversible layers and the chunked feed-forward, measured ----------------------------------
+def reversible_stack(n_blocks, d_model=32, n_heads=4, d_ff=128, *, attention="lsh", chunk_len=32, n_rounds=2,
+                     ff_chunk_size=None, dropout=0.0, reversible=True, seed=0, dtype=torch.float32):
+    """The stack lessons 03 and 04 measure: ``n_blocks`` :class:`~minireformer.reversible.RevBlock` s with
+    ``f = LayerNorm -> attention`` (``"lsh"`` or ``"full"``) and ``g = LayerNorm -> FeedForward`` (the
+    Reformer's layer), as a :class:`~minireformer.reversible.ReversibleSequence`; parameters drawn from ``seed``."""
+    import torch.nn as nn
+
+    from .attention import FullSelfAttention, LSHSelfAttention
+    from .chunking import FeedForward
+    from .reversible import RevBlock, ReversibleSequence
+
+    if attention not in ("lsh", "full"):
+        raise ValueError(f"attention must be 'lsh' or 'full', got {attention!r}")
+
+    def make_attention():
+        if attention == "full":
+            return FullSelfAttention(d_model, n_heads, dropout=dropout)
+        return LSHSelfAttention(d_model, n_heads, n_rounds=n_rounds, chunk_len=chunk_len, dropout=dropout)
+
+    torch.manual_seed(seed)
+    blocks = [RevBlock(nn.Sequential(nn.LayerNorm(d_model), make_attention()),
+                       nn.Sequential(nn.LayerNorm(d_model), FeedForward(d_model, d_ff, dropout=dropout,
+                                                                        chunk_size=ff_chunk_size)))
+              for _ in range(n_blocks)]
+    return ReversibleSequence(blocks, reversible=reversible).to(dtype)
+
+
+def _training_step(seq, x):
+    from .reversible import duplicate, merge
+
+    merge(*seq(*duplicate(x))).square().mean().backward()
+
+
+def depth_memory_experiment(depths=(1, 2, 4, 8, 12), *, length=256, d_model=32, d_ff=128, attention="full", seed=0):
+    """Lesson 03's measurement: for a :func:`reversible_stack` of each depth, run ordinary and reversible,
+    the bytes saved for backward by the forward pass (:func:`~minireformer.memory.saved_activation_bytes`)
+    and the peak extra memory of a training step (:func:`~minireformer.memory.peak_memory`; the parameter
+    gradients exist beforehand, so the peak is activations and temporaries). Batch 1, ``[1, length, d_model]``.
+
+    Returns ``{"saved": {"ordinary": [bytes per depth], "reversible": [...]}, "peak": {...}}``.
+    """
+    from .memory import peak_memory, saved_activation_bytes
+    from .reversible import duplicate
+
+    result = {"saved": {"ordinary": [], "reversible": []}, "peak": {"ordinary": [], "reversible": []}}
+    x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+    for n_blocks in depths:
+        seq = reversible_stack(n_blocks, d_model, d_ff=d_ff, attention=attention, seed=seed)
+        _training_step(seq, x)  # allocates every .grad: later steps accumulate into them in place
+        for name, reversible in (("ordinary", False), ("reversible", True)):
+            seq.reversible = reversible
+            torch.manual_seed(seed)
+            result["saved"][name].append(saved_activation_bytes(lambda: seq(*duplicate(x))))
+            result["peak"][name].append(peak_memory(_training_step, seq, x))
+    return result
+
+
+def plot_memory_vs_depth(depths, measured):
+    """Figure: measured bytes against the number of blocks, ordinary vs reversible (one panel per measure).
+
+    measured: ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`depth_memory_experiment`.
+    """
+    titles = {"saved": "activations saved for backward", "peak": "peak memory of a training step"}
+    fig = Figure(figsize=(9.6, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(measured))
+    for ax, (kind, series) in zip(axes, measured.items()):
+        for label, values in series.items():
+            ax.plot(depths, [v / 2 ** 20 for v in values], "o-", label=label)
+        ax.set(xlabel="number of blocks", ylabel="MiB", title=titles.get(kind, kind), xticks=depths, ylim=(0, None))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def drift_experiment(depths=(1, 2, 4, 8, 16, 24), *, length=64, d_model=32, d_ff=128, attention="full", seed=0):
+    """Lesson 03's measurement: :func:`~minireformer.reversible.reconstruction_error` of the first ``n`` blocks
+    of one deep :func:`reversible_stack`, for each ``n`` in ``depths``, in float32 and float64, with
+    ``x [2, length, d_model]`` of unit-variance entries; and beside it the rounding bound ``2 n eps max|y|``:
+    every block rounds four results (two sums forward, two differences in the inverse), each off by at most
+    ``eps / 2`` times its size, and no activation is larger than ``max|y|`` (the largest ``|y|`` over the
+    ``n`` blocks' outputs). Returns ``{"error": {dtype: [per depth]}, "bound": {dtype: [per depth]}}``."""
+    from .reversible import reconstruction_error
+
+    result = {"error": {}, "bound": {}}
+    for dtype in (torch.float32, torch.float64):
+        blocks = list(reversible_stack(max(depths), d_model, d_ff=d_ff, attention=attention, seed=seed,
+                                       dtype=dtype).blocks)
+        x = torch.randn(2, length, d_model, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        largest, y = [], (x, x)
+        with torch.no_grad():
+            for block in blocks:
+                y = block(*y)
+                largest.append(max(largest[-1:] + [y[0].abs().max().item(), y[1].abs().max().item()]))
+        name, eps = str(dtype).removeprefix("torch."), torch.finfo(dtype).eps
+        result["error"][name] = [reconstruction_error(blocks[:n], x) for n in depths]
+        result["bound"][name] = [2 * n * eps * largest[n - 1] for n in depths]
+    return result
+
+
+def plot_reconstruction_drift(depths, errors, bound=None):
+    """Figure: the largest error of the rebuilt input against depth, log scale; ``errors`` ``{label: [...]}``,
+    ``bound`` (optional) ``{label: [bound per depth]}``, drawn dashed in the colour of the same label."""
+    fig = Figure(figsize=(6.4, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for label, values in errors.items():
+        (line,) = ax.plot(depths, values, "o-", label=f"{label}, measured")
+        if bound and label in bound:
+            ax.plot(depths, bound[label], "--", color=line.get_color(), label=f"{label}, bound 2 n ε max|y|")
+    ax.set(xlabel="number of blocks run forward and inverted", ylabel="max |x - rebuilt x|", yscale="log",
+           xticks=depths)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def step_times(depths, *, length=512, d_model=64, d_ff=256, repeats=5, device=None, seed=0):
+    """Seconds per training step (forward + backward, the best of ``repeats``) of a :func:`reversible_stack` of
+    each depth, ordinary and reversible: ``{"ordinary": [...], "reversible": [...]}``, on ``device`` (default:
+    CUDA when available, else the CPU). Timings, so not reproducible to the byte: lesson 03 shows them, the
+    figures command does not draw them."""
+    import time
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed)).to(device).requires_grad_()
+    times = {"ordinary": [], "reversible": []}
+    for n_blocks in depths:
+        seq = reversible_stack(n_blocks, d_model, d_ff=d_ff, seed=seed).to(device)
+        _training_step(seq, x)  # warm up
+        best = {name: math.inf for name in times}
+        for _ in range(repeats):  # alternate the two, so that both see the same (busy or idle) machine
+            for name in times:
+                seq.reversible = name == "reversible"
+                sync()
+                start = time.perf_counter()
+                _training_step(seq, x)
+                sync()
+                best[name] = min(best[name], time.perf_counter() - start)
+        for name in times:
+            times[name].append(best[name])
+    return times
+
+
+def plot_step_time_vs_depth(depths, times, machine=""):
+    """Figure: seconds per training step against the number of blocks; ``times`` ``{label: [seconds]}``."""
+    fig = Figure(figsize=(6.4, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for label, values in times.items():
+        ax.plot(depths, [1e3 * t for t in values], "o-", label=label)
+    ax.set(xlabel="number of blocks", ylabel="ms per training step", xticks=depths, ylim=(0, None),
+           title=f"measured{' on ' + machine if machine else ''}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def chunk_memory_experiment(n_chunks=(1, 2, 4, 8, 16), *, length=1024, d_model=32, d_ff=1024, seed=0):
+    """Lesson 04's measurement: the peak memory of forward + backward of a ``FeedForward(d_model, d_ff)`` on
+    ``[1, length, d_model]`` cut into each number of chunks, checkpointed (:func:`~minireformer.chunking.
+    chunked_feed_forward`) and as a plain loop over the chunks. Returns ``{label: [bytes per entry]}``."""
+    from .chunking import FeedForward
+    from .memory import peak_memory
+
+    torch.manual_seed(seed)
+    ff = FeedForward(d_model, d_ff)
+    x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+    ff(x).sum().backward()  # allocate the .grad of x and of every parameter before measuring
+
+    def checkpointed(chunk_size):
+        ff.chunk_size = chunk_size
+        ff(x).sum().backward()
+
+    def plain_loop(chunk_size):
+        torch.cat([ff.net(chunk) for chunk in x.split(chunk_size, dim=-2)], dim=-2).sum().backward()
+
+    sizes = [math.ceil(length / n) for n in n_chunks]
+    return {"chunked, each chunk checkpointed": [peak_memory(checkpointed, size) for size in sizes],
+            "plain loop over the chunks": [peak_memory(plain_loop, size) for size in sizes]}
+
+
+def plot_chunk_memory(n_chunks, peaks, d_ff=None):
+    """Figure: peak memory of the feed-forward's forward + backward against the number of chunks; ``peaks``
+    ``{label: [bytes]}``; the first entry of the first series divided by the number of chunks is drawn as
+    the ideal."""
+    fig = Figure(figsize=(6.4, 4), layout="constrained")
+    ax = fig.add_subplot()
+    first = next(iter(peaks.values()))[0]
+    ax.plot(n_chunks, [first / n / 2 ** 20 for n in n_chunks], ":", color="0.4", label="unchunked peak / chunks")
+    for label, values in peaks.items():
+        ax.plot(n_chunks, [v / 2 ** 20 for v in values], "o-", label=label)
+    title = "feed-forward, forward + backward" + (f" (d_ff = {d_ff})" if d_ff else "")
+    ax.set(xlabel="number of chunks", ylabel="peak MiB", xscale="log", xticks=n_chunks, ylim=(0, None), title=title)
+    ax.set_xticklabels([str(n) for n in n_chunks])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+# ---- lesson 07: long sequences: learning curves, Figure 3, memory and speed vs length ----------------------------
+def plot_learning_curves(curves, *, title="held-out bits per byte", ax=None):
+    """Figure: held-out bits per byte against training steps, one line per model; ``curves`` as returned by
+    :func:`minireformer.longseq.learning_curves` (``{name: {"step": [...], "bits_per_byte": [...]}}``)."""
+    fig = None
+    if ax is None:
+        fig = Figure(figsize=(6.4, 4), layout="constrained")
+        ax = fig.add_subplot()
+    for name, c in curves.items():
+        ax.plot(c["step"], c["bits_per_byte"], "o-", ms=3, label=f"{name} ({c['bits_per_byte'][-1]:.2f})")
+    ends = [c["bits_per_byte"][-1] for c in curves.values()]
+    ax.set(xlabel="training step", ylabel="bits per byte (held out)", title=title,
+           ylim=(min(ends) - 0.5, max(c["bits_per_byte"][0] for c in curves.values()) + 0.2))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig if fig is not None else ax.figure
+
+
+def plot_figure3(curves, baseline="Transformer", shared="shared-QK Transformer", reversible="reversible Transformer"):
+    """The paper's Figure 3 at our scale: shared-QK vs separate Q/K (left), reversible vs ordinary residuals
+    (right), each against the same ``baseline`` curve; zoomed in on the second half of training."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    for ax, other, title in zip(fig.subplots(1, 2), (shared, reversible),
+                                ("shared-QK vs separate Q and K", "reversible vs ordinary residuals")):
+        pair = {baseline: curves[baseline], other: curves[other]}
+        plot_learning_curves(pair, title=title, ax=ax)
+        half = pair[baseline]["step"][len(pair[baseline]["step"]) // 2]
+        low = min(min(c["bits_per_byte"]) for c in pair.values())
+        high = max(b for c in pair.values() for s, b in zip(c["step"], c["bits_per_byte"]) if s >= half)
+        ax.set(xlim=(half, None), ylim=(low - 0.05, high + 0.05))
+    return fig
+
+
+def plot_length_sweep(rows, *, memory_budget=None):
+    """Figure: peak memory (left, log-log) and tokens/s (right) of one training step against the sequence
+    length; ``rows`` from :func:`minireformer.longseq.length_sweep`. Steps that ran out of memory or were
+    skipped are drawn hollow at their extrapolated need; the budget is a dashed line."""
+    from .longseq import sweep_series
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    memory, speed = sweep_series(rows, "peak_bytes"), sweep_series(rows, "tokens_per_s")
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    lengths = sorted({r["seq_len"] for r in rows})
+    for i, name in enumerate(names):
+        color = f"C{i}"
+        if name in memory:
+            left.plot(memory[name][0], [v / 2 ** 20 for v in memory[name][1]], "o-", color=color, label=name)
+        missing = [(r["seq_len"], r["estimated_bytes"]) for r in rows
+                   if r["model"] == name and r["status"] != "ok" and r["estimated_bytes"]]
+        if missing:
+            left.plot(*zip(*[(n, b / 2 ** 20) for n, b in missing]), "o--", color=color, mfc="none",
+                      label=f"{name}: did not run (extrapolated)")
+        if name in speed and speed[name][1][0] is not None:
+            right.plot(speed[name][0], speed[name][1], "o-", color=color, label=name)
+    if memory_budget:
+        left.axhline(memory_budget / 2 ** 20, ls="--", color="0.3", label=f"budget {memory_budget / 2 ** 20:,.0f} MiB")
+    left.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="peak MiB of one training step",
+             title="memory (measured; hollow: extrapolated)")
+    right.set(xscale="log", xlabel="sequence length", ylabel="tokens per second", ylim=(0, None),
+              title="speed (batch fixed: flat = linear time)")
+    for ax in (left, right):
+        ax.set_xticks(lengths, [str(n) for n in lengths], minor=False)
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ---- lesson 06: the duplication task (paper Table 2) ------------------------------------------------------------
+def plot_duplication_batch(tokens, *, n_symbols=127):
+    """Figure: a batch of ``0 w 0 w`` sequences ``[n, L]`` as coloured tokens; the second half repeats the first."""
+    n, length = tokens.shape
+    fig = Figure(figsize=(9, 0.45 * n + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(tokens, cmap="viridis", vmin=0, vmax=n_symbols, aspect="auto", interpolation="nearest")
+    ax.axvline(length / 2 - 0.5, color="white", lw=2)
+    for row in range(n):
+        for col in (0, length // 2):
+            ax.text(col, row, "0", ha="center", va="center", color="white", fontsize=8, fontweight="bold")
+    ax.annotate("", xy=(length // 2 + 1, -0.7), xytext=(1, -0.7), annotation_clip=False,
+                arrowprops=dict(arrowstyle="->", color="C3", lw=1.5, connectionstyle="arc3,rad=-0.15"))
+    ax.set(xlabel="position", yticks=range(n), yticklabels=[f"sequence {i}" for i in range(n)],
+           title=f"0 w 0 w: the second w (positions {length // 2 + 1}..{length - 1}) copies the first, "
+                 f"{length // 2} positions back", ylim=(n - 0.5, -1.3))
+    return fig
+
+
+def plot_duplication_curves(curves):
+    """Figure: second-half accuracy over training steps, ``curves`` ``{label: metrics rows of a Trainer}``
+    (train rows drawn thin, evaluation rows as dots)."""
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (label, rows) in enumerate(curves.items()):
+        train = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "train"]
+        val = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "val"]
+        ax.plot(*zip(*train), color=f"C{i}", lw=0.8, alpha=0.6)
+        ax.plot(*zip(*val), "o-", color=f"C{i}", label=label)
+    ax.set(xlabel="step", ylabel="accuracy on the second half", ylim=(-0.02, 1.02),
+           title="training on 0w0w: chance for a while, then the copy is found")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_duplication_attention(weights, *, title="where each query attends"):
+    """Figure: attention weights ``[L, L]`` of one 0w0w sequence, with the copy position (query t of the second
+    half reads key t - L/2 + 1, which holds the token to predict) drawn as a dashed line."""
+    length = weights.shape[-1]
+    half = (length + 1) // 2  # the model reads L - 1 tokens of a sequence of even length L
+    fig = Figure(figsize=(5.6, 5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(weights, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    queries = torch.arange(half, length)
+    ax.plot(queries - half + 1, queries, "--", color="C0", lw=1, label="copy position t - L/2 + 1")
+    ax.set(xlabel="key position", ylabel="query position", title=title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
+    return fig
+
+
+def plot_table2(ours, paper):
+    """Figure: our Table 2 beside the paper's, as two annotated heatmaps (rows: training attention, columns:
+    evaluation attention, accuracy in %). Rows of the paper's table that we did not train are left out."""
+    rows, cols = list(ours), list(next(iter(ours.values())))
+    fig = Figure(figsize=(9.5, 1.0 + 0.55 * len(rows)), layout="constrained")
+    for k, (name, table) in enumerate((("ours", ours), ("paper", paper))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        values = torch.tensor([[100 * table[r][c] for c in cols] for r in rows])
+        ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=9)
+        ax.set(xticks=range(len(cols)), xticklabels=[c.upper() for c in cols], yticks=range(len(rows)),
+               yticklabels=[r.upper() for r in rows], xlabel="evaluated with", title=f"{name}: accuracy %")
+        if k == 0:
+            ax.set_ylabel("trained with")
+    return fig
+
+
+# ---- lessons 00 and 05: a plain Transformer measured, and the paper's Table 3 held against measurements -----------
+MODEL_COLORS = {"Transformer": "tab:red", "Reversible Transformer": "tab:orange",
+                "Chunked Reversible Transformer": "tab:olive", "LSH Transformer": "tab:blue", "Reformer": "tab:green"}
+SCALING_SIZES = dict(b=1, l=128, d_model=16, d_ff=64, n_h=2, n_l=2, n_r=2, chunk_len=16, ff_chunk_size=16)
+
+
+def transformer_memory_experiment(lengths=(64, 128, 256, 512), depths=(1, 2, 4, 8), *, length=128, **sizes):
+    """Lesson 00's measurements of a plain Transformer (:data:`minireformer.complexity.VARIANTS`' first row).
+
+    Returns ``{"lengths", "peak"}``: the peak bytes of forward + backward of one layer at each length, with
+    ``"scores"``: the bytes of one ``[b, n_h, l, l]`` float32 tensor; and ``{"depths", "saved"}``: the bytes
+    kept for backward by ``n_l`` layers at ``length``. Sizes default to :data:`SCALING_SIZES`.
+    """
+    from .complexity import memory_scaling
+
+    sizes = {**SCALING_SIZES, **sizes}
+    peak = memory_scaling(["Transformer"], "l", lengths, **dict(sizes, n_l=1))["Transformer"]
+    saved = memory_scaling(["Transformer"], "n_l", depths, what="saved", **dict(sizes, l=length))["Transformer"]
+    scores = [4 * sizes["b"] * sizes["n_h"] * n * n for n in lengths]
+    return {"lengths": list(lengths), "peak": peak, "scores": scores, "depths": list(depths), "saved": saved,
+            "length": length}
+
+
+def plot_transformer_memory(data):
+    """Figure: a plain Transformer's memory against length (one layer: grows as l²) and depth (grows as n_l)."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    lengths, mb = data["lengths"], 1e-6
+    left.loglog(lengths, [p * mb for p in data["peak"]], "o-", color=MODEL_COLORS["Transformer"],
+                label="measured: peak of forward + backward")
+    left.loglog(lengths, [s * mb for s in data["scores"]], "k--", label="one $b \\cdot n_h \\cdot l^2$ scores tensor")
+    left.set(xlabel="sequence length l", ylabel="MB", title="one layer: memory grows as $l^2$")
+    left.set_xticks(lengths, [str(n) for n in lengths])
+    left.minorticks_off()
+    left.legend(fontsize=8)
+    depths = data["depths"]
+    right.plot(depths, [s * mb for s in data["saved"]], "o-", color=MODEL_COLORS["Transformer"],
+               label="measured: kept for backward")
+    per_layer = data["saved"][0] / depths[0]
+    right.plot(depths, [per_layer * n * mb for n in depths], "k--", label="one layer's worth x $n_l$")
+    right.set(xlabel="layers $n_l$", ylabel="MB", xticks=depths, ylim=(0, None),
+              title=f"l = {data['length']}: activations grow with depth")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def saved_tensor_experiment(lengths=(32, 512), *, d_model=64, d_ff=256, n_h=4, b=1, seed=0):
+    """The tensors one plain Transformer layer keeps for backward (:func:`minireformer.complexity.saved_tensors`,
+    parameters left out), at each length: ``{l: [{"op", "name", "shape", "dtype", "bytes"}, ...]}``."""
+    from .complexity import build_variant, saved_tensors
+
+    result = {}
+    for length in lengths:
+        layer = build_variant("Transformer", d_model=d_model, d_ff=d_ff, n_h=n_h, n_l=1, n_r=1, chunk_len=length,
+                              ff_chunk_size=None, l=length, seed=seed)
+        x = torch.randn(b, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+        result[length] = saved_tensors(layer(x), exclude=list(layer.parameters()))
+    return result
+
+
+def tensor_kind(shape, length, d_ff):
+    """Which term of the table a saved tensor belongs to: the ``l x l`` scores, the ``d_ff``-wide
+    intermediate, or the rest (``d_model`` wide and smaller)."""
+    if len(shape) >= 2 and shape[-2:] == (length, length):
+        return "attention: l x l"
+    if shape and shape[-1] == d_ff:
+        return "feed-forward: d_ff wide"
+    return "d_model wide, or smaller"
+
+
+def plot_saved_tensors(tensors, *, d_model=64, d_ff=256, n_h=4, top=10):
+    """Figure: the largest tensors one Transformer layer keeps for backward, one panel per length
+    (``tensors`` from :func:`saved_tensor_experiment`), coloured by the table term they belong to."""
+    colors = {"attention: l x l": MODEL_COLORS["Transformer"], "feed-forward: d_ff wide": "tab:purple",
+              "d_model wide, or smaller": "tab:gray"}
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(tensors), squeeze=False)[0]
+    for ax, (length, found) in zip(axes, tensors.items()):
+        shown = found[:top][::-1]
+        kinds = [tensor_kind(t["shape"], length, d_ff) for t in shown]
+        ax.barh(range(len(shown)), [t["bytes"] / 1e3 for t in shown], color=[colors[k] for k in kinds])
+        ax.set_yticks(range(len(shown)), [f"{t['op'].replace('Backward0', '')}.{t['name']} "
+                                          f"{list(t['shape'])}" for t in shown], fontsize=8)
+        total = sum(t["bytes"] for t in found)
+        ax.set(xlabel="KB", title=f"l = {length}: {len(found)} tensors, {total / 1e3:.0f} KB in all\n"
+                                  f"l·d_ff = {length * d_ff:,} floats, n_h·l² = {n_h * length * length:,}")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3, axis="x")
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    fig.legend(handles, list(colors), loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle(f"what one Transformer layer keeps for backward (d_model = {d_model}, d_ff = {d_ff}, "
+                 f"n_h = {n_h}, b = 1, largest {top})", fontsize=10)
+    return fig
+
+
+SCALING_SWEEPS = {  # variable -> (values, the rows drawn)
+    "l": ((64, 128, 256), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
+    "n_l": ((1, 2, 4, 8), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
+    "d_ff": ((64, 256, 1024), ("Reversible Transformer", "Chunked Reversible Transformer", "LSH Transformer",
+                               "Reformer")),
+}
+
+
+def scaling_experiment(names=("l", "n_l", "d_ff"), **sizes):
+    """Lesson 05's sweeps (:data:`SCALING_SWEEPS`): ``{name: (values, {model: peak bytes})}``, at
+    :data:`SCALING_SIZES` but for the variable swept."""
+    from .complexity import memory_scaling
+
+    sizes = {**SCALING_SIZES, **sizes}
+    return {name: (SCALING_SWEEPS[name][0], memory_scaling(SCALING_SWEEPS[name][1], name, SCALING_SWEEPS[name][0],
+                                                           **sizes))
+            for name in names}
+
+
+def plot_complexity_scaling(sweeps, sizes=None):
+    """Figure: measured peak memory of the table's rows against each swept variable, log-log, each line
+    labelled with its fitted slope (the k of memory ~ x^k). ``sweeps`` from :func:`scaling_experiment`."""
+    from .complexity import loglog_slope
+
+    sizes = {**SCALING_SIZES, **(sizes or {})}
+    labels = {"l": "sequence length l", "n_l": "layers $n_l$", "d_ff": "feed-forward width $d_{ff}$"}
+    fig = Figure(figsize=(4.2 * len(sweeps), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(sweeps), squeeze=False)[0]
+    for ax, (name, (values, measured)) in zip(axes, sweeps.items()):
+        for model, peaks in measured.items():
+            ax.loglog(values, [p / 1e6 for p in peaks], "o-", color=MODEL_COLORS[model],
+                      label=f"{model}: slope {loglog_slope(values, peaks):.2f}")
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+        fixed = ", ".join(f"{k}={sizes[k]}" for k in ("l", "n_l", "d_ff") if k != name)
+        ax.set(xlabel=labels[name], ylabel="peak MB (forward + backward)", title=f"against {name} ({fixed})")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+# ---- lessons 02-03: benchmarks (python -m minireformer bench ... --figure PATH) ------------------------------
+def plot_bench_attention(rows, title=None):
+    """Figure 5 of the paper, measured: time per step (left) and peak extra memory (right) against L, at a
+    fixed number of tokens per step, one line per attention. rows: from ``minireformer.bench.bench_attention``."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        done = sorted((r["length"], r["step_s"], r["peak_mb"]) for r in rows if r["model"] == model and "step_s" in r)
+        if not done:
+            continue
+        lengths, seconds, peaks = zip(*done)
+        style = "o-" if model.startswith("LSH") else "s--"
+        left.plot(lengths, seconds, style, label=model)
+        right.plot(lengths, peaks, style, label=model)
+    for ax, label in ((left, "seconds per step (forward + backward)"), (right, "peak extra memory (MiB)")):
+        ax.set(xlabel="sequence length L (batch = tokens / L)", ylabel=label, xscale="log", yscale="log")
+        ax.grid(alpha=0.3, which="both")
+    left.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_bench_reversible(rows, title=None):
+    """Step time (left) and peak memory (right) against the number of blocks, one line per configuration.
+    rows: from ``minireformer.bench.bench_reversible``."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        done = sorted((r["n_blocks"], r["step_s"], r["peak_mb"]) for r in rows if r["model"] == model)
+        blocks, seconds, peaks = zip(*done)
+        style = "o-" if "reversible" in model else "s--"
+        left.plot(blocks, seconds, style, label=model)
+        right.plot(blocks, peaks, style, label=model)
+    left.set(xlabel="blocks", ylabel="seconds per training step")
+    right.set(xlabel="blocks", ylabel="peak extra memory (MiB)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
