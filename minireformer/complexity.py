@@ -9,9 +9,27 @@ reversible rows, which is not in the Transformer's row (lesson 05 discusses it) 
 computed *from that text*, so the formula shown and the number computed cannot drift apart.
 Variables: b (batch), l (length), d_model, d_ff, n_h (heads), n_l (layers), n_r (hash rounds),
 c (the attention term per query and round: 128² in the paper's caption).
+
+The second half measures the table: :data:`VARIANTS` builds each row from the package's own modules (the
+layer stack of a ``ReformerLM``), :func:`measured_table` sets its saved and peak activation bytes and its
+forward + backward time beside the formula (``python -m minireformer table --measure``), and
+:func:`memory_scaling` / :func:`loglog_slope` give the slopes against l, n_l and d_ff (lessons 00 and 05).
+What is measured, and why the layers alone, is explained where those functions begin.
 """
 
+import gc
+import math
 import re
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .memory import StoragePeak, saved_activation_bytes
+from .model import ReformerLM
+from .reversible import duplicate, merge
 
 VARIABLES = ("b", "l", "d_model", "d_ff", "n_h", "n_l", "n_r", "c")
 
@@ -72,3 +90,314 @@ def format_table(rows):
     def fmt(cells):
         return "  ".join(str(x).ljust(w) for x, w in zip(cells, widths)).rstrip()
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+# ---- the table measured: the five variants built from the package's own modules -------------------------------
+#
+# What is measured, and why the layer stack alone. Table 3 is about the memory of the *layers'* activations:
+# it has no term for the embedding, the output head or the parameters. So each variant is the layer stack of
+# a ReformerLM (``model.layers``: n_l x (attention, feed-forward), pre-norm, ordinary or reversible residuals),
+# fed a random ``x [b, l, d_model]`` that requires grad as an embedding's output would, and run without the
+# embedding, the final norm and the vocabulary head (whose [b, l, vocab] logits would add a term that is in no
+# row). Two numbers per variant:
+#
+# - ``saved``: bytes autograd keeps for backward after the forward pass (memory.saved_activation_bytes). This
+#   is the Transformer's n_l-fold term. It sees what is saved through autograd's own mechanism only, not
+#   tensors a custom Function keeps as ctx attributes (LSH attention's integer sort plan), so for LSH rows it
+#   is a lower bound; the peak below sees them.
+# - ``peak``: the peak bytes of live tensors during forward + backward (memory.StoragePeak), *not counting the
+#   parameter gradients*. Those are n_l x the parameters in every variant, in any training, and in no row of
+#   the table; counting them would make every variant grow with n_l and d_ff. This is the quantity the
+#   table's "memory" column stands for: a reversible stack keeps almost nothing but recomputes one layer at a
+#   time in backward, so its peak is one layer's working set (the max(...) of the reversible rows).
+
+VARIANTS = {  # Table 3's rows -> (attention, reversible residuals, chunked feed-forward)
+    "Transformer": ("full", False, False),
+    "Reversible Transformer": ("full", True, False),
+    "Chunked Reversible Transformer": ("full", True, True),
+    "LSH Transformer": ("lsh", False, False),
+    "Reformer": ("lsh", True, True),
+}
+
+# small defaults for measurement: a second or two for all five on a 2-core CPU
+MEASURE = dict(b=1, l=512, d_model=32, d_ff=128, n_h=4, n_l=2, n_r=2, chunk_len=32, ff_chunk_size=32)
+
+
+class LayerStack(nn.Module):
+    """The layers of a :class:`minireformer.model.ReformerLM` alone: ``x [B, L, d_model] -> [B, L, d_model]``.
+
+    The same steps as ``ReformerLM.forward`` between the embedding and the final norm: reversible blocks on
+    ``(x, x)``, merged; or ``x = x + attention(x); x = x + feed_forward(x)`` per layer.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.layers, self.reversible, self.merge = model.layers, model.config.reversible, model.config.merge
+
+    def forward(self, x):
+        if self.reversible:
+            return merge(*self.layers(*duplicate(x)), mode=self.merge)  # [B, L, d_model]
+        for attention, feed_forward in self.layers:
+            x = x + attention(x)
+            x = x + feed_forward(x)
+        return x
+
+
+def build_variant(model, *, d_model, d_ff, n_h, n_l, n_r, chunk_len, ff_chunk_size, l=None, causal=True, seed=0,
+                  **_ignored):
+    """The layer stack of one Table 3 row (a key of :data:`VARIANTS`) as a :class:`LayerStack`.
+
+    Extra keywords (``b``, ...) are ignored, so one configuration dict serves the table and the builder.
+    ``ff_chunk_size`` is used only by the chunked rows; ``seed`` fixes the parameters.
+    """
+    if model not in VARIANTS:
+        raise ValueError(f"model must be one of {list(VARIANTS)}, got {model!r}")
+    attention, reversible, chunked = VARIANTS[model]
+    torch.manual_seed(seed)
+    lm = ReformerLM(vocab_size=2, d_model=d_model, n_heads=n_h, d_ff=d_ff, n_layers=n_l, max_len=l or 1,
+                    attention=attention, n_rounds=n_r, chunk_len=chunk_len, reversible=reversible,
+                    ff_chunk_size=ff_chunk_size if chunked else None, causal=causal)
+    return LayerStack(lm)
+
+
+class _Timeline(StoragePeak):
+    """A :class:`~minireformer.memory.StoragePeak` that also logs every allocation and free, so the peak can be
+    recomputed afterwards without some of the storages (the parameter gradients)."""
+
+    def __init__(self, device=None):
+        super().__init__(device)
+        self.log, self.serial = [], {}  # [(allocation number, +bytes or -bytes)], id(storage) -> its number
+
+    def add(self, storage):
+        self.serial[id(storage)] = len(self.log)
+        self.log.append((len(self.log), storage.nbytes()))
+        super().add(storage)
+
+    def free(self, key, size):
+        if key in self.alive:
+            self.log.append((self.serial.pop(key), -size))
+        super().free(key, size)
+
+    def number(self, tensor):
+        """The allocation number of a live tensor's storage (None if it was not allocated under the mode)."""
+        return self.serial.get(id(tensor.untyped_storage()))
+
+    def peak_without(self, excluded):
+        live = peak = 0
+        for number, size in self.log:
+            if number not in excluded:
+                live += size
+                peak = max(peak, live)
+        return peak
+
+
+@contextmanager
+def one_thread():
+    """Run CPU ops on one thread inside the block. Every measurement here is made so: the bytes do not
+    depend on it, and small ops on a busy machine only lose time waiting for a second thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+_warm = []  # becomes [True] after the first, unmeasured, pass of activation_peak
+
+
+def activation_peak(module, x):
+    """Peak bytes of live tensors while ``module(x).sum().backward()`` runs, parameter gradients not counted.
+
+    Tensor storages are counted as :func:`minireformer.memory.peak_memory` counts them on the CPU (exact, the
+    same on any device). A parameter's gradient is recognised when it reaches the parameter (a tensor hook)
+    and when it is left in ``.grad``; it is left out from the moment it was allocated. The garbage collector
+    is paused, so that the moment a storage is freed (and the peak) does not depend on when it runs. The first
+    call in a process first runs one unmeasured pass (PyTorch allocates a few buffers once), so every
+    measurement is the same whatever ran before it.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not _warm:  # the first backward pass in a process makes a few one-time allocations (4-8 KB): not ours
+        with one_thread(), _Timeline(x.device):
+            module(x).sum().backward()
+        _warm.append(True)
+    for p in params:
+        p.grad = None
+    x.grad = None
+    excluded = set()
+    with one_thread(), _Timeline(x.device) as tracker:
+        hooks = [p.register_hook(lambda g: excluded.add(tracker.number(g))) for p in params]
+        gc.disable()
+        try:
+            module(x).sum().backward()
+            excluded.update(tracker.number(p.grad) for p in params if p.grad is not None)
+        finally:
+            gc.enable()
+            for hook in hooks:
+                hook.remove()
+    for p in params:
+        p.grad = None
+    return tracker.peak_without(excluded)
+
+
+def _seconds(module, x, repeats):
+    """The fastest of ``repeats`` forward + backward passes (after one warm-up): the least disturbed by other
+    work on the machine. On the CPU it runs on one thread (:func:`one_thread`), so the times compare the
+    algorithms, not the thread pool."""
+    def step():
+        module(x).sum().backward()
+        if x.device.type != "cpu":
+            torch.get_device_module(x.device.type).synchronize(x.device)
+
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    module.zero_grad(set_to_none=True)
+    return min(times)
+
+
+def measure_variant(model, *, repeats=3, device=None, **config):
+    """Measure one row on the package's modules: ``{"saved": bytes, "peak": bytes, "seconds": s or None}``.
+
+    ``config``: the keywords of :data:`MEASURE` (missing ones taken from it). ``repeats=0`` skips timing.
+    """
+    config = {**MEASURE, **config}
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    module = build_variant(model, **config).to(device)
+    x = torch.randn(config["b"], config["l"], config["d_model"], device=device,
+                    generator=torch.Generator(device).manual_seed(config.get("seed", 0)), requires_grad=True)
+    with one_thread():
+        saved = saved_activation_bytes(module, x)
+        peak = activation_peak(module, x)
+        seconds = _seconds(module, x, repeats) if repeats else None
+    return {"saved": saved, "peak": peak, "seconds": seconds}
+
+
+def table_values(config):
+    """Table 3's variables for a measurement configuration: ``c`` is the number of keys each query scores in
+    one round, ``2 * chunk_len`` (its own chunk and one back)."""
+    config = {**MEASURE, **config}
+    return {name: config[name] for name in VARIABLES if name != "c"} | {"c": 2 * config["chunk_len"]}
+
+
+def measured_table(*, repeats=3, device=None, progress=False, **config):
+    """Table 3 with a measured column: the rows of :func:`complexity_table` for ``config`` (with
+    :func:`table_values`), each with ``formula_bytes`` (its memory formula x 4 bytes a float32), and the
+    measured ``saved``, ``peak`` (bytes) and ``seconds`` of :func:`measure_variant`."""
+    config = {**MEASURE, **config}
+    rows = complexity_table(**table_values(config))
+    for row in tqdm(rows, desc="measuring", unit="model", disable=not progress):
+        row["formula_bytes"] = 4 * row["memory"]
+        row.update(measure_variant(row["model"], repeats=repeats, device=device, **config))
+    return rows
+
+
+def _size(n):
+    return f"{human(n)}B" if n is not None else "-"
+
+
+def format_measured(rows):
+    """The measured rows as a plain-text table: formula (as bytes of float32), measured saved and peak, time."""
+    header = ("model", "formula", "= float32", "saved", "peak", "peak/formula", "fwd+bwd")
+    lines = [(r["model"], r["memory_formula"], _size(r["formula_bytes"]), _size(r["saved"]), _size(r["peak"]),
+              f"{r['peak'] / r['formula_bytes']:.1f}",
+              "-" if r.get("seconds") is None else f"{1000 * r['seconds']:.0f} ms") for r in rows]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+
+    def fmt(cells):
+        return "  ".join(str(x).ljust(w) for x, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+# ---- scaling: how the measured memory grows with one variable ----------------------------------------------------
+def memory_scaling(models, name, values, *, what="peak", **config):
+    """Measured memory of each model as the variable ``name`` (a key of :data:`MEASURE`: "l", "n_l", "d_ff",
+    ...) takes ``values``; the rest from ``config`` and :data:`MEASURE`. ``what``: "peak" or "saved".
+    Returns ``{model: [bytes for each value]}``."""
+    if what not in ("peak", "saved"):
+        raise ValueError(f"what must be 'peak' or 'saved', got {what!r}")
+    if name not in MEASURE:
+        raise ValueError(f"name must be one of {list(MEASURE)}, got {name!r}")
+    measure = activation_peak if what == "peak" else saved_activation_bytes
+    config = {**MEASURE, **config}
+    result = {}
+    for model in models:
+        result[model] = []
+        for value in values:
+            sizes = {**config, name: value}
+            x = torch.randn(sizes["b"], sizes["l"], sizes["d_model"], requires_grad=True,
+                            generator=torch.Generator().manual_seed(0))
+            with one_thread():
+                result[model].append(measure(build_variant(model, **sizes), x))
+    return result
+
+
+def saved_tensors(output, *, exclude=()):
+    """The tensors autograd keeps to back-propagate to ``output``, found by walking its graph: a list of dicts
+    ``{"op", "name", "shape", "dtype", "bytes"}``, largest first, one per storage (the first name found).
+
+    ``exclude``: tensors whose storages are left out (say ``module.parameters()``: a Linear saves its weight,
+    which is in memory anyway). Custom autograd Functions do not show what they keep, so this is for
+    ordinary autograd graphs, such as a plain Transformer layer (lesson 00).
+    """
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    found, seen, todo = {}, set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for attr in sorted(a for a in dir(node) if a.startswith("_saved_")):
+            try:
+                value = getattr(node, attr)
+            except RuntimeError:  # already freed by a backward pass
+                continue
+            if torch.is_tensor(value) and value.untyped_storage().data_ptr() not in excluded:
+                storage = value.untyped_storage()
+                found.setdefault(storage.data_ptr(), {"op": node.name(), "name": attr[len("_saved_"):],
+                                                      "shape": tuple(value.shape), "dtype": value.dtype,
+                                                      "bytes": storage.nbytes()})
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return sorted(found.values(), key=lambda t: -t["bytes"])
+
+
+def loglog_slope(xs, ys):
+    """The least-squares slope of log(y) against log(x): the k of y ~ x^k (2 for l², 1 for linear, 0 for flat)."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"xs and ys must have the same length >= 2, got {len(xs)} and {len(ys)}")
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+# ---- the command line: python -m minireformer table --measure ------------------------------------------------
+def add_measure_arguments(parser):
+    """The ``table`` command's options for measuring (the sizes are the table's own options)."""
+    parser.add_argument("--measure", action="store_true",
+                        help="build the five variants from the package's modules and measure them beside the "
+                             "formulas (small sizes by default: seconds on a 2-core CPU)")
+    parser.add_argument("--chunk-len", dest="chunk_len", type=int, default=MEASURE["chunk_len"],
+                        help=f"with --measure: LSH chunk length; c = 2 chunk_len (default {MEASURE['chunk_len']})")
+    parser.add_argument("--ff-chunk-size", dest="ff_chunk_size", type=int, default=MEASURE["ff_chunk_size"],
+                        help=f"with --measure: positions per feed-forward chunk (default {MEASURE['ff_chunk_size']})")
+    parser.add_argument("--repeats", type=int, default=3, help="with --measure: timed runs, the fastest is shown "
+                                                               "(default 3; 0: no timing)")
+    return parser
+
+
+def measure_from_args(args, parser):
+    """Run ``table --measure``: the sizes given on the command line, the rest from :data:`MEASURE`."""
+    if args.c is not None:
+        parser.error("--c cannot be set with --measure: it is 2 * --chunk-len, the keys each query scores")
+    config = {name: MEASURE[name] if getattr(args, name, None) is None else getattr(args, name) for name in MEASURE}
+    for name, value in config.items():
+        if value < 1:
+            parser.error(f"{name} must be a positive integer, got {value}")
+    print(", ".join(f"{k}={v}" for k, v in config.items()), f"(c = 2 chunk_len = {2 * config['chunk_len']}),",
+          "float32, on the CPU" if not torch.cuda.is_available() else "float32")
+    rows = measured_table(repeats=args.repeats, progress=True, **config)
+    print(format_measured(rows))
