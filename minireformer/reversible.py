@@ -203,3 +203,26 @@ class ReversibleSequence(nn.Module):
                 x1, x2 = block(x1, x2)
             return x1, x2
         return _ReversibleFunction.apply(x1, x2, list(self.blocks), *params)
+
+
+def reconstruction_error(blocks, x):
+    """How exactly the blocks' inverses rebuild the input: ``x [B, L, d]`` is duplicated, run forward through
+    ``blocks`` (a :class:`ReversibleSequence` or a list of :class:`RevBlock` s) and rebuilt from the output by
+    the inverses in reverse order, with each f and g call's RNG state replayed as in the reversible backward.
+    Returns the largest ``|x - rebuilt|`` over both halves (a float; 0 up to rounding). No gradients."""
+    blocks = list(blocks.blocks if isinstance(blocks, ReversibleSequence) else blocks)
+    states = []
+    with torch.no_grad():
+        x1, x2 = duplicate(x)
+        for block in blocks:
+            f_state = RNGState(x.device)
+            y1 = x1 + block.branch("f", x2)
+            g_state = RNGState(x.device)
+            x1, x2 = y1, x2 + block.branch("g", y1)
+            states.append((f_state, g_state))
+        for block, (f_state, g_state) in zip(reversed(blocks), reversed(states)):
+            with g_state.replay():
+                x2 = x2 - block.branch("g", x1)  # x2 = y2 - G(y1)
+            with f_state.replay():
+                x1 = x1 - block.branch("f", x2)  # x1 = y1 - F(x2)
+    return max((x1 - x).abs().max().item(), (x2 - x).abs().max().item())

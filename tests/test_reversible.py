@@ -223,3 +223,23 @@ def test_duplicate_and_merge():
     assert duplicate(x)[0] is x and duplicate(x)[1] is x
     torch.testing.assert_close(merge(x, y), (x + y) / 2)
     assert torch.equal(merge(x, y, mode="concat"), torch.cat([x, y], dim=-1))
+
+
+# ---- reconstruction_error (lesson 03's drift measurement) ---------------------------------------------------------
+def test_reconstruction_error_replays_the_rng_and_measures_float32_drift():
+    # dropout and LSH attention draw random numbers in every call: exact only because the states are replayed
+    reconstruction_error = reversible.reconstruction_error
+    seq = CASES["LSH attention"]().train()
+    x = x_like(requires_grad=False)
+    assert reconstruction_error(seq, x) < 1e-12
+    assert reconstruction_error(list(seq.blocks), x) < 1e-12  # a list of blocks works too
+    assert reconstruction_error([], x) == 0
+    # the plain inverse, called without the replay, rebuilds the wrong input: the measurement can fail
+    with torch.no_grad():
+        y = seq(*duplicate(x))
+        for block in reversed(seq.blocks):
+            y = block.inverse(*y)
+    assert (y[0] - x).abs().max() > 1e-3
+    seq32 = stack(lambda: mlp(32), lambda: mlp(32), n_blocks=12, dtype=torch.float32).eval()
+    error = reconstruction_error(seq32, torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(0)))
+    assert 0 < error < 1e-5
