@@ -87,3 +87,18 @@ class ByteCorpus:
         starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)
         windows = torch.stack([data[s:s + seq_len + 1] for s in starts.tolist()])
         return windows.long().to(device)
+
+
+def encode_text(text):
+    """A string as the byte-level model's tokens: its UTF-8 bytes, int64 ``[n_bytes]``."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return torch.tensor(list(text.encode("utf-8")), dtype=torch.int64)
+
+
+def decode_bytes(tokens):
+    """Byte tokens ``[n]`` (0..255) back to text; bytes that are not valid UTF-8 become U+FFFD."""
+    values = torch.as_tensor(tokens).flatten().tolist()
+    if any(not 0 <= v <= 255 for v in values):
+        raise ValueError("tokens must be bytes in 0..255")
+    return bytes(values).decode("utf-8", errors="replace")

@@ -1,0 +1,158 @@
+"""The paper's duplication experiment (Reformer, section 2.1 and Table 2) as one function.
+
+    "each training and testing example has the form 0w0w where w in {1, ..., N}* is a sequence of
+     symbols ranging from 1 to N (we use N = 127 in our experiments) [...] we train one-layer models
+     with d_model = d_ff = 256 and 4 heads [...] with full attention and with LSH attention of 1, 2 and 4
+     hash rounds, and evaluate each with full attention and with LSH attention of 8, 4, 2 and 1 rounds."
+
+A model can only predict the second ``w`` by attending ``L/2`` positions back, so the task tests exactly
+what LSH attention might miss: one far-away key. Accuracy is counted on the second half only.
+
+Attention is written as in the paper's table: ``"full"`` or ``"lsh-R"`` (R hash rounds). The table is a dict
+``{training attention: {evaluation attention: accuracy in [0, 1]}}``, the layout of ``--out FILE``.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .scale import SCALES, current_scale
+from .train import Trainer, TrainConfig, cpu_threads, positive_int, resolve_device
+
+TRAIN_ATTENTIONS = ("full", "lsh-4", "lsh-2", "lsh-1")  # the rows of Table 2, in the paper's order
+EVAL_ATTENTIONS = ("full", "lsh-8", "lsh-4", "lsh-2", "lsh-1")  # its columns
+
+# Table 2 of the paper: 1 layer, L = 1024, d_model = d_ff = 256, 4 heads, 150K steps.
+PAPER_TABLE2 = {
+    "full": {"full": 1.000, "lsh-8": 0.948, "lsh-4": 0.925, "lsh-2": 0.769, "lsh-1": 0.525},
+    "lsh-4": {"full": 0.008, "lsh-8": 1.000, "lsh-4": 0.999, "lsh-2": 0.994, "lsh-1": 0.919},
+    "lsh-2": {"full": 0.008, "lsh-8": 1.000, "lsh-4": 0.999, "lsh-2": 0.981, "lsh-1": 0.868},
+    "lsh-1": {"full": 0.008, "lsh-8": 0.999, "lsh-4": 0.996, "lsh-2": 0.948, "lsh-1": 0.779},
+}
+
+# quick: minutes on a 2-core CPU for the whole table; full: the paper's model and length, for one GPU.
+# The paper states neither batch, optimizer, learning rate nor chunk length: these are our choices.
+DUPLICATION_SCALES = {
+    "quick": {"model": dict(d_model=128, d_ff=128, n_heads=4, n_layers=1, chunk_len=32),
+              "train": dict(seq_len=128, steps=400, batch_size=16, lr=3e-3, warmup=50, eval_every=100,
+                            eval_batches=4),
+              "table_batches": 16, "threads": 1},  # one thread: this small model gains nothing from more
+    "full": {"model": dict(d_model=256, d_ff=256, n_heads=4, n_layers=1, chunk_len=64),
+             "train": dict(seq_len=1024, steps=20_000, batch_size=32, lr=1e-3, warmup=1000, eval_every=1000,
+                           eval_batches=4),
+             "table_batches": 32, "threads": None},
+}
+
+
+def parse_attention(name):
+    """``"full"`` -> ``("full", None)``; ``"lsh-R"`` -> ``("lsh", R)``."""
+    if name == "full":
+        return "full", None
+    kind, _, rounds = str(name).partition("-")
+    if kind != "lsh" or not rounds.isdigit() or int(rounds) < 1:
+        raise ValueError(f"attention must be 'full' or 'lsh-R' with R >= 1 hash rounds, got {name!r}")
+    return "lsh", int(rounds)
+
+
+def duplication_configs(attention, scale="quick", **train_overrides):
+    """``(model options, TrainConfig)`` of one Table 2 row: ``attention`` ("full", "lsh-R") at ``scale``."""
+    if scale not in DUPLICATION_SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    kind, rounds = parse_attention(attention)
+    setting = DUPLICATION_SCALES[scale]
+    model = dict(setting["model"], attention=kind, **({"n_rounds": rounds} if rounds else {}))
+    return model, TrainConfig(task="duplication", **dict(setting["train"], **train_overrides))
+
+
+def train_duplication(attention, scale="quick", *, out_dir=None, progress=True, **train_overrides):
+    """Train one model of Table 2 (``attention`` = its row) and return its :class:`Trainer`."""
+    model, train = duplication_configs(attention, scale, **train_overrides)
+    trainer = Trainer(model, train, out_dir)
+    trainer.run(progress=progress)
+    return trainer
+
+
+def evaluate_attentions(trainer, evals=EVAL_ATTENTIONS, batches=None):
+    """Second-half accuracy of a trained model with each evaluation attention: ``{name: accuracy}``.
+    The model gets its training attention back afterwards."""
+    config = trainer.model.config
+    result = {}
+    for name in evals:
+        trainer.model.use_attention(*parse_attention(name))
+        result[name] = trainer.evaluate(batches)["accuracy"]
+    trainer.model.use_attention(config.attention, config.n_rounds if config.attention == "lsh" else None)
+    return result
+
+
+def duplication_table(scale="quick", *, trains=TRAIN_ATTENTIONS, evals=EVAL_ATTENTIONS, batches=None,
+                      progress=True, **train_overrides):
+    """Table 2: train one model per ``trains`` entry, evaluate each with every ``evals`` entry.
+    Returns ``{train: {eval: accuracy}}``; ``batches`` defaults to the scale's ``table_batches``."""
+    setting = DUPLICATION_SCALES[scale]
+    batches = batches or setting["table_batches"]
+    table = {}
+    with cpu_threads(setting["threads"] if resolve_device(train_overrides.get("device", "auto")).type == "cpu" else None):
+        for name in tqdm(trains, desc="Table 2", unit="model", disable=not progress):
+            trainer = train_duplication(name, scale, progress=progress, **train_overrides)
+            table[name] = evaluate_attentions(trainer, evals, batches)
+    return table
+
+
+def format_table2(ours, paper=PAPER_TABLE2):
+    """Our table beside the paper's: each cell ``ours% (paper%)``."""
+    evals = list(next(iter(ours.values())))
+    width = 15
+    lines = ["train \\ eval".ljust(13) + "".join(name.upper().rjust(width) for name in evals)]
+    for train, row in ours.items():
+        cells = []
+        for name in evals:
+            theirs = paper.get(train, {}).get(name)
+            cells.append(f"{100 * row[name]:.1f}" + (f" ({100 * theirs:g})" if theirs is not None else ""))
+        lines.append(train.upper().ljust(13) + "".join(cell.rjust(width) for cell in cells))
+    return "\n".join(lines) + "\n(each cell: our accuracy on the second half, % (the paper's Table 2, %))"
+
+
+def describe_scale(scale, **train_overrides):
+    model, train = duplication_configs("lsh-1", scale, **train_overrides)
+    return (f"L = {train.seq_len}, {model['n_layers']} layer, d_model = {model['d_model']}, d_ff = {model['d_ff']}, "
+            f"{model['n_heads']} heads, chunk_len = {model['chunk_len']}; {train.steps} steps of batch "
+            f"{train.batch_size}, AdamW lr {train.lr}")
+
+
+# ---- the command line: python -m minireformer duplication ------------------------------------------------------
+def add_duplication_arguments(parser):
+    parser.add_argument("--scale", choices=SCALES, help="quick (CPU, minutes) or full (the paper's size, one GPU); "
+                        "default: full with CUDA, else quick, or $MINIREFORMER_SCALE")
+    parser.add_argument("--out", help="write the table as JSON: {train attention: {eval attention: accuracy}}")
+    parser.add_argument("--steps", type=positive_int, help="training steps per model (default: the scale's)")
+    parser.add_argument("--batches", type=positive_int, help="evaluation batches per table cell (default: the scale's)")
+    parser.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    return parser
+
+
+def duplication_from_args(args, parser):
+    """``python -m minireformer duplication``: train the four models, print the table beside the paper's."""
+    try:
+        scale = current_scale(args.scale)
+    except ValueError as error:
+        parser.error(str(error))
+    overrides = {"seed": args.seed, "device": args.device, **({"steps": args.steps} if args.steps else {})}
+    try:
+        duplication_configs("full", scale, **overrides)
+        resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    print(f"duplication task, {scale} scale: {describe_scale(scale, **overrides)}")
+    start = time.perf_counter()
+    table = duplication_table(scale, batches=args.batches, **overrides)
+    print(format_table2(table))
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return table
+
