@@ -1,0 +1,366 @@
+"""Long sequences: byte-level language modelling where full attention stops fitting (paper section 5).
+
+The paper trains on enwik8-64K, "a variant of enwik8 that is chunked into subsequences of 2^16 = 64K
+tokens": a 12-layer Reformer reaches 1.19 bits/dim after 20K steps. Shared-QK attention and reversible
+layers train "nearly the same" as their ordinary counterparts (Figure 3), and full attention's time per
+step grows with the length while LSH attention's stays flat (Figure 5). Three experiments check this, each
+a function that returns plain numbers (the lesson plots them, ``python -m minireformer longseq`` prints them):
+
+- :func:`learning_curves`: held-out bits per byte over training steps for several models of the same size,
+  trained from the same seed on the same batches: the Reformer beside a Transformer, and Figure 3's
+  ablations (shared-QK vs separate Q/K, reversible vs ordinary residuals), all with full attention.
+- :func:`length_sweep`: peak memory and tokens/s of one training step (forward + backward) at each length.
+  Full attention with its scores in memory keeps ``n_layers x n_heads x L x L`` probabilities for backward:
+  ``O(L^2)``; the Reformer keeps ``O(L)`` (LSH chunks and one layer's activations, reversible layers).
+  A memory budget stands in for a smaller device: on the CPU a step stops the moment its live tensors
+  exceed the budget, as an accelerator fails to allocate; on CUDA a real out-of-memory error counts too.
+- :func:`settings`: the sizes of both at the ``quick`` (CPU, minutes) and ``full`` (one GPU) scale.
+
+Shapes: tokens ``[batch, seq_len + 1]`` (the model reads ``seq_len``, predicts the next byte of each).
+"""
+
+import json
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .memory import StoragePeak, peak_memory
+from .model import ReformerConfig, ReformerLM
+from .scale import current_scale
+from .train import Trainer, TrainConfig, resolve_device, sequence_loss
+
+# The models compared: one size (see settings), these switches. "Transformer" is the ordinary one (separate Q
+# and K through PyTorch's fused attention kernel); "shared-QK Transformer" writes its [L, L] scores out, as
+# every Transformer of 2020 did, and so shows the quadratic memory the paper set out to remove.
+VARIANTS = {
+    "Reformer": dict(attention="lsh", reversible=True, shared_qk=True),
+    "Transformer": dict(attention="full", reversible=False, shared_qk=False),
+    "shared-QK Transformer": dict(attention="full", reversible=False, shared_qk=True),
+    "reversible Transformer": dict(attention="full", reversible=True, shared_qk=False),
+}
+CURVES = ("Reformer", "Transformer")  # Reformer vs Transformer of the same size
+FIGURE3 = ("Transformer", "shared-QK Transformer", "reversible Transformer")  # the paper's Figure 3, left and right
+SWEEP = ("Reformer", "shared-QK Transformer", "Transformer")
+
+MiB, GiB = 1 << 20, 1 << 30
+
+
+def settings(scale=None):
+    """The sizes of the experiments at ``scale`` (``quick``/``full``; default: :func:`~minireformer.scale.current_scale`).
+
+    ``model``: :class:`~minireformer.model.ReformerConfig` options shared by every variant; ``train``:
+    :class:`~minireformer.train.TrainConfig` options of the learning curves; ``sweep``: lengths, batch and
+    budgets of :func:`length_sweep`; ``long``: the enwik8-64K-style run (a Reformer only, axial positions).
+    """
+    if current_scale(scale) == "quick":  # a 2-core CPU: seconds per curve
+        model = dict(d_model=64, n_heads=4, d_ff=128, n_layers=2, chunk_len=32, n_rounds=2)
+        return {
+            "scale": "quick",
+            "model": model,
+            "train": dict(seq_len=256, batch_size=8, steps=100, lr=3e-3, warmup=10, eval_every=20, eval_batches=2),
+            "sweep": dict(lengths=(256, 512, 1024, 2048, 4096, 8192), batch_size=1, memory_budget=512 * MiB,
+                          time_budget=20.0),
+            "long": dict(model=dict(model, axial_shape=(32, 64)),
+                         train=dict(seq_len=2048, batch_size=1, steps=40, lr=3e-3, warmup=10, eval_every=20,
+                                    eval_batches=1)),
+        }
+    # One GPU: the enwik8 set-up of the paper at 6 layers (it used 12, d_model 1024, batch 8 on 8 devices).
+    model = dict(d_model=512, n_heads=8, d_ff=2048, n_layers=6, chunk_len=64, n_rounds=4)
+    return {
+        "scale": "full",
+        "model": model,
+        # curves at a length where full attention still fits on one GPU, so both can be compared
+        "train": dict(seq_len=4096, batch_size=8, steps=2000, lr=5e-4, warmup=200, eval_every=200, eval_batches=8),
+        "sweep": dict(lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536), batch_size=1, memory_budget=None,
+                      time_budget=60.0),
+        "long": dict(model=dict(model, axial_shape=(256, 256)),
+                     train=dict(seq_len=65536, batch_size=1, steps=2000, lr=5e-4, warmup=200, eval_every=200,
+                                eval_batches=4)),
+    }
+
+
+def variants(names):
+    """``{name: ReformerConfig options}`` for names from :data:`VARIANTS`."""
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    return {name: VARIANTS[name] for name in names}
+
+
+# ---- learning curves -------------------------------------------------------------------------------------------
+def learning_curves(models, *, model, train, corpus=None, seed=0, progress=True):
+    """Train each of ``models`` (``{name: ReformerConfig options}``) on the byte corpus and record held-out
+    bits per byte every ``train["eval_every"]`` steps (and before the first step).
+
+    ``model``: options shared by all (the size); ``train``: :class:`~minireformer.train.TrainConfig` options
+    (the task is ``"text"``); ``corpus``: a text file, or ``None`` for the standard library's source. Every
+    run starts from ``seed``: the same initial weights where the shapes agree, the same batches.
+    Returns ``{name: {"step": [...], "bits_per_byte": [...], "seconds", "tokens_per_s", "parameters", "trainer"}}``;
+    ``trainer`` holds the trained model (``trainer.model``).
+    """
+    if not models:
+        raise ValueError("models must name at least one model to train")
+    curves = {}
+    for name, options in models.items():
+        config = TrainConfig(**dict(train, task="text", corpus=corpus, seed=seed))
+        trainer = Trainer(dict(model, **options), config)
+        start = [(0, trainer.evaluate()["bits_per_byte"])]
+        clock = time.perf_counter()
+        metrics = trainer.run(progress=progress)
+        seconds = time.perf_counter() - clock
+        points = start + [(m["step"], m["bits_per_byte"]) for m in metrics if m["split"] == "val"]
+        curves[name] = {
+            "step": [s for s, _ in points], "bits_per_byte": [b for _, b in points], "seconds": seconds,
+            "tokens_per_s": config.steps * config.batch_size * config.seq_len / seconds,
+            "parameters": sum(p.numel() for p in trainer.model.parameters()), "trainer": trainer,
+        }
+    return curves
+
+
+def format_curves(curves):
+    """A text table: each model's held-out bits per byte at the start and the end, and its wall time."""
+    lines = [f"{'model':24s} {'params':>8s} {'bits/byte: start':>17s} {'end':>6s} {'steps':>6s} {'time':>7s} {'tokens/s':>9s}"]
+    for name, c in curves.items():
+        lines.append(f"{name:24s} {c['parameters']:8,d} {c['bits_per_byte'][0]:17.3f} {c['bits_per_byte'][-1]:6.3f} "
+                     f"{c['step'][-1]:6d} {c['seconds']:6.1f}s {c['tokens_per_s']:9,.0f}")
+    return "\n".join(lines)
+
+
+# ---- memory and speed vs length --------------------------------------------------------------------------------
+class MemoryBudgetExceeded(MemoryError):
+    """A step needed more memory than the budget given for it."""
+
+
+class BudgetedPeak(StoragePeak):
+    """:class:`~minireformer.memory.StoragePeak` that raises :class:`MemoryBudgetExceeded` as soon as the live
+    bytes exceed ``budget`` (``None``: never), like an allocator on a device of that size."""
+
+    def __init__(self, device=None, budget=None):
+        super().__init__(device)
+        self.budget = budget
+
+    def add(self, storage):
+        super().add(storage)
+        if self.budget is not None and self.live > self.budget:
+            raise MemoryBudgetExceeded(f"{self.live:,} bytes live, over the budget of {self.budget:,}")
+
+
+def training_step(model, tokens):
+    """Forward and backward of one next-byte step on ``tokens [B, L + 1]`` (bf16 autocast on CUDA), gradients
+    set afresh (the optimizer's own state is parameter-sized, the same at every length, and left out)."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=tokens.device.type == "cuda"):
+        loss, _ = sequence_loss(model, tokens, "text")
+    loss.backward()
+    return loss.detach()
+
+
+def step_peak(model, tokens, *, memory_budget=None):
+    """Peak extra bytes of :func:`training_step`; raises :class:`MemoryBudgetExceeded` past ``memory_budget``."""
+    if tokens.device.type == "cpu":
+        with BudgetedPeak(tokens.device, memory_budget) as tracker:
+            training_step(model, tokens)
+        return tracker.peak
+    peak = peak_memory(training_step, model, tokens, device=tokens.device)  # the allocator's own peak
+    if memory_budget is not None and peak > memory_budget:
+        raise MemoryBudgetExceeded(f"{peak:,} bytes at the peak, over the budget of {memory_budget:,}")
+    return peak
+
+
+def step_seconds(model, tokens):
+    """Wall time of one :func:`training_step` (synchronised on an accelerator)."""
+    module = torch.get_device_module(tokens.device.type) if tokens.device.type != "cpu" else None
+    if module is not None:
+        module.synchronize(tokens.device)
+    start = time.perf_counter()
+    training_step(model, tokens)
+    if module is not None:
+        module.synchronize(tokens.device)
+    return time.perf_counter() - start
+
+
+def loglog_slopes(lengths, values):
+    """``log(v[i+1] / v[i]) / log(L[i+1] / L[i])`` for consecutive points: 1 for linear growth, 2 for quadratic."""
+    if len(lengths) != len(values) or len(lengths) < 2:
+        raise ValueError(f"need two or more (length, value) pairs, got {len(lengths)} lengths and {len(values)} values")
+    return [math.log(v1 / v0) / math.log(l1 / l0) for l0, l1, v0, v1 in zip(lengths, lengths[1:], values, values[1:])]
+
+
+def _extrapolate(points, length):
+    """Extend measured ``(length, value)`` points to ``length`` with ``a L + c L^2`` (a, c >= 0) through the last two:
+    the linear part (activations, logits) and the quadratic part (full attention's scores) of a step."""
+    if not points:
+        return None
+    if len(points) == 1:
+        (l1, v1), = points
+        return v1 * length / l1
+    (l0, v0), (l1, v1) = points[-2:]
+    c = max(0.0, (v1 / l1 - v0 / l0) / (l1 - l0))
+    a = max(0.0, v1 / l1 - c * l1)
+    return a * length + c * length ** 2
+
+
+def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, time_budget=None, time_it=True,
+                 device="auto", seed=0, progress=True):
+    """One training step of each of ``models`` at each length: peak memory and tokens/s.
+
+    ``models``: ``{name: ReformerConfig options}``; ``model``: the shared size (``max_len`` becomes
+    ``max(lengths)`` unless given, so every length runs the same parameters). ``memory_budget`` (bytes or
+    ``None``): a step over it stops and counts as ``"out of memory"``, and longer lengths are ``"skipped"``
+    (memory only grows with length). ``time_budget`` (seconds or ``None``): a length whose step is predicted
+    (``a L + c L^2`` through the last two measured steps) to take longer is ``"too slow"``, and so are longer ones.
+    ``time_it=False`` measures memory only (exact on the CPU, so the rows are the same on every run).
+
+    Returns a list of rows ``{"model", "seq_len", "batch_size", "status", "peak_bytes", "seconds",
+    "tokens_per_s", "estimated_bytes"}``; ``estimated_bytes`` extrapolates a step that did not run from the
+    last two measured ones (``a L + c L^2``; at least the budget for a step that ran out), and is ``None``
+    for steps that ran.
+    """
+    lengths = sorted(lengths)
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in lengths):
+        raise ValueError(f"lengths must be integers >= 2, got {lengths}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if memory_budget is not None and not memory_budget > 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget must be a positive number of seconds or None, got {time_budget!r}")
+    device = resolve_device(device)
+    rows = []
+    bar = tqdm(total=len(models) * len(lengths), desc="length sweep", disable=not progress)
+    for name, options in models.items():
+        torch.manual_seed(seed)
+        config = ReformerConfig(**{"max_len": max(lengths), **model, **options, "vocab_size": 256})
+        net = ReformerLM(config=config).to(device).train()
+        memory, timing, stopped = [], [], None
+        for length in lengths:
+            bar.set_postfix(model=name, L=length)
+            row = dict(model=name, seq_len=length, batch_size=batch_size, status="ok", peak_bytes=None,
+                       seconds=None, tokens_per_s=None, estimated_bytes=None)
+            predicted = _extrapolate(timing, length)
+            if stopped is None and time_budget is not None and predicted is not None and predicted > time_budget:
+                stopped = "too slow"
+            if stopped is not None:
+                row["status"] = "skipped" if stopped == "out of memory" else stopped
+            else:
+                tokens = torch.randint(0, 256, (batch_size, length + 1), device=device,
+                                       generator=torch.Generator(device).manual_seed(seed))
+                try:
+                    row["peak_bytes"] = step_peak(net, tokens, memory_budget=memory_budget)
+                    memory.append((length, row["peak_bytes"]))
+                    if time_it:
+                        row["seconds"] = step_seconds(net, tokens)
+                        row["tokens_per_s"] = batch_size * length / row["seconds"]
+                        timing.append((length, row["seconds"]))
+                except (MemoryBudgetExceeded, torch.OutOfMemoryError):
+                    row["status"] = stopped = "out of memory"
+                    net.zero_grad(set_to_none=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            if row["status"] != "ok":
+                estimate = _extrapolate(memory, length)
+                if estimate is not None and row["status"] in ("out of memory", "skipped") and memory_budget:
+                    estimate = max(estimate, memory_budget)  # it did not fit: it needs more than the budget
+                row["estimated_bytes"] = estimate
+            rows.append(row)
+            bar.update(1)
+        del net
+    bar.close()
+    return rows
+
+
+def _bytes(n):
+    return "-" if n is None else f"{n / MiB:,.1f} MiB" if n < GiB else f"{n / GiB:,.2f} GiB"
+
+
+def format_sweep(rows):
+    """A text table of :func:`length_sweep`'s rows: one line per (model, length)."""
+    lines = [f"{'model':22s} {'length':>7s} {'peak memory':>12s} {'tokens/s':>9s}  status"]
+    for r in rows:
+        status = r["status"] if r["estimated_bytes"] is None else f"{r['status']} (needs ~{_bytes(r['estimated_bytes'])}, extrapolated)"
+        speed = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
+        lines.append(f"{r['model']:22s} {r['seq_len']:7d} {_bytes(r['peak_bytes']):>12s} {speed:>9s}  {status}")
+    return "\n".join(lines)
+
+
+def sweep_series(rows, key="peak_bytes"):
+    """``{model: (lengths, values)}`` of the steps that ran, for plots and slopes."""
+    series = {}
+    for r in rows:
+        if r["status"] == "ok":
+            lengths, values = series.setdefault(r["model"], ([], []))
+            lengths.append(r["seq_len"])
+            values.append(r[key])
+    return series
+
+
+# ---- the command: python -m minireformer longseq ----------------------------------------------------------------
+PARTS = ("curves", "figure3", "sweep", "long")
+
+
+def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None, out=None, progress=True):
+    """Run the named experiments at ``scale``, print their tables, and write the numbers as JSON to ``out``.
+
+    ``memory_budget`` (bytes) overrides the scale's budget of the length sweep. Returns the results dict.
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
+    s = settings(scale)
+    device = resolve_device("auto")
+    print(f"scale: {s['scale']}, device: {device}")
+    results = {"scale": s["scale"], "device": str(device), "settings": s}
+    for part in parts:
+        if part in ("curves", "figure3"):
+            names = CURVES if part == "curves" else FIGURE3
+            curves = learning_curves(variants(names), model=s["model"], train=s["train"], progress=progress)
+            print(f"\n{part}: held-out bits per byte, seq_len {s['train']['seq_len']}, batch {s['train']['batch_size']}")
+            print(format_curves(curves))
+            results[part] = {n: {k: v for k, v in c.items() if k != "trainer"} for n, c in curves.items()}
+        elif part == "sweep":
+            sweep = dict(s["sweep"])
+            if memory_budget is not None:
+                sweep["memory_budget"] = memory_budget
+            rows = length_sweep(variants(SWEEP), sweep.pop("lengths"), model=s["model"], progress=progress, **sweep)
+            budget = sweep["memory_budget"]
+            print(f"\nsweep: one training step, batch {sweep['batch_size']}, memory budget "
+                  f"{'the device' if budget is None else _bytes(budget)}")
+            print(format_sweep(rows))
+            results["sweep"] = rows
+        else:
+            long = s["long"]
+            curves = learning_curves({"Reformer": VARIANTS["Reformer"]}, model=long["model"], train=long["train"],
+                                     progress=progress)
+            print(f"\nlong: a Reformer on sequences of {long['train']['seq_len']} bytes")
+            print(format_curves(curves))
+            results["long"] = {n: {k: v for k, v in c.items() if k != "trainer"} for n, c in curves.items()}
+    if out is not None:
+        with open(out, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nwrote {out}")
+    return results
+
+
+def add_arguments(parser):
+    """The options of ``python -m minireformer longseq``; returns ``parser``."""
+    parser.description = ("Lesson 07's experiments: Reformer vs Transformer learning curves on bytes, the paper's "
+                          "Figure 3 (shared-QK, reversible), peak memory and tokens/s against the sequence length, "
+                          "and (--parts long) a Reformer on 64K-byte sequences at full scale.")
+    parser.add_argument("--scale", choices=["quick", "full"],
+                        help="quick: small, for a CPU; full: the GPU set-up (default: full when CUDA is present)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=["curves", "figure3", "sweep"],
+                        help="which experiments (default: curves figure3 sweep)")
+    parser.add_argument("--memory-budget", type=float, metavar="GiB",
+                        help="the sweep stops a step past this many GiB, as a device of that size would "
+                             "(default: quick 0.5; full: the device's own memory)")
+    parser.add_argument("--out", help="write the numbers as JSON to this file")
+    return parser
+
+
+def from_args(args, parser):
+    if args.memory_budget is not None and not args.memory_budget > 0:
+        parser.error(f"--memory-budget must be a positive number of GiB, got {args.memory_budget}")
+    budget = None if args.memory_budget is None else int(args.memory_budget * GiB)
+    run(args.scale, args.parts, memory_budget=budget, out=args.out)
