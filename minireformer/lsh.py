@@ -301,8 +301,26 @@ def _prepare(qk, v, rotations, chunk_len, look_back, return_attention):
     buckets = qk.new_empty(qk.shape[0], rotations.shape[0], qk.shape[1], dtype=torch.long)  # [b, r, L]
     rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[0] * rotations.shape[2]))
     for start in range(0, qk.shape[1], rows):
-        buckets[..., start : start + rows] = hash_vectors(qk[:, start : start + rows], rotations)
+        buckets[..., start : start + rows] = _hash_block(qk[:, start : start + rows], rotations)
     return qk, v, buckets, finish
+
+
+def _hash_block(x, rotations):
+    """``hashing.hash_vectors`` (``argmax([xR; -xR])``) without building ``[xR; -xR]``: ``x [b, l, d]`` -> ``[b, r, l]``.
+
+    Optimization: with n_buckets = 2L / chunk_len the rotated vectors are O(L^2) numbers, the one quadratic
+    term of the layer. Concatenating ``-xR`` and taking argmax made two more copies and a slow indexed
+    pass over twice the numbers; instead take the max and the min of ``xR`` (one pass each) and pick the
+    larger of ``max`` and ``-min``. Ties go to the ``+xR`` half, as argmax's first index does, so the
+    buckets are exactly ``hash_vectors``' (tests/test_bench.py checks it).
+    """
+    half = rotations.shape[-1]
+    if x.dtype != rotations.dtype or x.device != rotations.device:
+        return hash_vectors(x, rotations)  # let hash_vectors explain the mismatch / cast
+    rotated = torch.einsum("bld,rdn->brln", x, rotations)  # [b, r, l, n_buckets / 2]
+    top, top_at = rotated.max(dim=-1)
+    bottom, bottom_at = rotated.min(dim=-1)
+    return torch.where(top >= -bottom, top_at, bottom_at + half)
 
 
 def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,

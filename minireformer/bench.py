@@ -1,0 +1,417 @@
+"""Benchmarks: ``python -m minireformer bench attention | reversible`` (a command, not a test: timings vary).
+
+- ``attention``: forward + backward of ONE self-attention layer (d_model 256, 4 heads of 64, chunk 64) for
+  LSH attention with 1/2/4/8 rounds, shared-QK full attention and PyTorch's fused dense attention (SDPA),
+  over lengths 1K..32K at a fixed number of tokens per step, ``batch = total_tokens / L`` (the paper's
+  Figure 5 set-up: full attention's time per step grows with L, LSH attention's stays flat).
+- ``reversible``: a training step (forward + backward) of n blocks ``RevBlock(f = LSH attention, g =
+  feed-forward d_ff 1024)``, ordinary vs reversible residuals, with and without chunked feed-forward.
+
+``compare=True`` (the optional ``compare`` extra: ``pip install -c constraints.txt -e '.[compare]'``) also
+runs HF transformers' Reformer ``LSHSelfAttention`` and reformer-pytorch's ``LSHSelfAttention`` /
+``Reformer`` at the same shape, in the same run, with their repeats interleaved with ours so that other
+work on the machine slows every implementation alike.
+
+Time is the median of ``repeats`` steps after one warm-up step (``time.perf_counter``, the thread count
+left at torch's default). Peak memory is :func:`minireformer.memory.peak_memory` around one more step, the
+same measurement for every implementation (exact tensor storages on the CPU, the allocator on CUDA).
+"""
+
+import importlib
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from .attention import FullSelfAttention, LSHSelfAttention, default_n_buckets
+from .chunking import FeedForward
+from .memory import peak_memory
+from .reversible import RevBlock, ReversibleSequence, duplicate, merge
+
+D_MODEL, N_HEADS, CHUNK_LEN, D_FF = 256, 4, 64, 1024
+TOTAL_TOKENS = 32768
+LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
+ROUNDS = (1, 2, 4, 8)
+DEPTHS = (1, 2, 4, 8, 12)
+FULL_MEMORY_LIMIT = 3 * 2**30  # skip shared-QK full attention when its L x L tensors would need more (bytes)
+
+
+def pick_device(device="auto"):
+    """``"auto"``: CUDA when available, else the CPU; anything else is passed to ``torch.device``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _sync(device):
+    if device.type != "cpu":
+        torch.get_device_module(device.type).synchronize(device)
+
+
+def time_step(step, *, repeats=3, device=torch.device("cpu")):
+    """Median seconds of ``repeats`` calls of ``step()`` after one warm-up call."""
+    return statistics.median(_timings(step, repeats, device))
+
+
+def _timings(step, repeats, device, warmup=True):
+    if warmup:
+        step()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _train_step(module, x):
+    def step():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).float().sum().backward()
+    return step
+
+
+def check_lengths(lengths, total_tokens):
+    """Every length must be a positive integer dividing ``total_tokens`` (batch = total_tokens / L)."""
+    for length in lengths:
+        if length < 1 or total_tokens % length:
+            raise ValueError(f"every length must divide total_tokens={total_tokens} (batch = total_tokens / L), "
+                             f"got length {length}")
+
+
+# ---- one attention layer ---------------------------------------------------------------------------------
+def attention_layer(kind, *, n_rounds=4, chunk_len=CHUNK_LEN, d_model=D_MODEL, n_heads=N_HEADS):
+    """``"lsh"`` (n_rounds), ``"full"`` (shared-QK, builds L x L) or ``"sdpa"`` (fused dense attention)."""
+    if kind == "lsh":
+        return LSHSelfAttention(d_model, n_heads, n_rounds=n_rounds, chunk_len=chunk_len)
+    if kind == "full":
+        return FullSelfAttention(d_model, n_heads)
+    if kind == "sdpa":
+        return FullSelfAttention(d_model, n_heads, shared_qk=False)
+    raise ValueError(f"kind must be 'lsh', 'full' or 'sdpa', got {kind!r}")
+
+
+def _measure(name, module, x, repeats, device, **extra):
+    step = _train_step(module, x)
+    seconds = time_step(step, repeats=repeats, device=device)
+    peak = peak_memory(step, device=device)
+    batch, length = x.shape[:2]
+    return dict(model=name, length=length, batch=batch, step_s=seconds, token_us=seconds / (batch * length) * 1e6,
+                peak_mb=peak / 2**20, **extra)
+
+
+def bench_attention(lengths=LENGTHS, rounds=ROUNDS, *, total_tokens=TOTAL_TOKENS, repeats=3, device="auto",
+                    full=True, sdpa=True, full_memory_limit=FULL_MEMORY_LIMIT, seed=0, progress=None):
+    """One layer's forward + backward at ``batch = total_tokens / L``; a list of row dicts (model, length,
+    batch, step_s, token_us, peak_mb). Full attention is skipped (row with ``skipped``) where its ``[b, h,
+    L, L]`` tensors would pass ``full_memory_limit`` bytes."""
+    check_lengths(lengths, total_tokens)
+    device = pick_device(device)
+    rows = []
+    for length in lengths:
+        batch = total_tokens // length
+        torch.manual_seed(seed)
+        x = torch.randn(batch, length, D_MODEL, device=device, requires_grad=True)
+        layers = [(f"LSH-{r}", attention_layer("lsh", n_rounds=r)) for r in rounds]
+        if full:
+            layers.append(("full (shared-QK)", attention_layer("full")))
+        if sdpa:
+            layers.append(("dense SDPA", attention_layer("sdpa")))
+        for name, module in layers:
+            if progress:
+                progress(f"{name} L={length}")
+            need = 4 * batch * N_HEADS * length**2 * 4  # scores, probabilities and their two gradients, float32
+            if name.startswith("full") and need > full_memory_limit:
+                rows.append(dict(model=name, length=length, batch=batch, skipped=f"needs ~{need / 2**30:.0f} GiB"))
+                continue
+            rows.append(_measure(name, module.to(device), x, repeats, device))
+    return rows
+
+
+# ---- the reference implementations (optional extra) -----------------------------------------------------
+def _import(name):
+    """The module, or None when the optional package is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+MISSING = "skipped: {package} is not installed (pip install -c constraints.txt -e '.[compare]')"
+
+
+def reference_attention(length, *, n_rounds=4, chunk_len=CHUNK_LEN):
+    """``{name: (module or None, configuration or skip message)}`` for HF's and reformer-pytorch's
+    ``LSHSelfAttention`` at our shape: hidden 256, 4 heads of 64, non-causal, no dropout, one chunk back."""
+    out = {}
+    hf = _import("transformers.models.reformer.modeling_reformer")
+    if hf is None:
+        out["HF transformers"] = (None, MISSING.format(package="transformers (with Reformer)"))
+    else:
+        from transformers import ReformerConfig
+
+        n_buckets = default_n_buckets(length, chunk_len)
+        config = ReformerConfig(hidden_size=D_MODEL, num_attention_heads=N_HEADS, attention_head_size=D_MODEL // N_HEADS,
+                                lsh_attn_chunk_length=chunk_len, num_hashes=n_rounds, num_buckets=n_buckets,
+                                lsh_num_chunks_before=1, lsh_num_chunks_after=0, is_decoder=False,
+                                lsh_attention_probs_dropout_prob=0.0, max_position_embeddings=length)
+
+        class HFLayer(nn.Module):  # HF's LSHSelfAttention has no output projection (ReformerSelfOutput does)
+            def __init__(self):
+                super().__init__()
+                self.attn, self.to_out = hf.LSHSelfAttention(config), nn.Linear(D_MODEL, D_MODEL)
+
+            def forward(self, x):
+                return self.to_out(self.attn(x).hidden_states)
+
+        import transformers
+        out["HF transformers"] = (HFLayer(), f"transformers {transformers.__version__}: num_hashes={n_rounds}, "
+                                  f"chunk {chunk_len}, num_buckets={n_buckets}, 1 chunk before / 0 after, "
+                                  f"is_decoder=False, attends across buckets")
+    rp = _import("reformer_pytorch")
+    if rp is None:
+        out["reformer-pytorch"] = (None, MISSING.format(package="reformer-pytorch"))
+    else:
+        module = rp.LSHSelfAttention(D_MODEL, heads=N_HEADS, bucket_size=chunk_len, n_hashes=n_rounds, causal=False)
+        out["reformer-pytorch"] = (module, f"reformer-pytorch {_version('reformer-pytorch')}: n_hashes={n_rounds}, "
+                                   f"bucket_size {chunk_len} (its chunk), n_buckets = L / bucket_size = "
+                                   f"{length // chunk_len} (fixed by the library), attends across buckets")
+    return out
+
+
+def _version(package):
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _interleaved(entries, x, repeats, device):
+    """Time several modules on the same input, one step of each in turn (so background load hits all)."""
+    steps = {name: _train_step(module, x) for name, module in entries}
+    for step in steps.values():
+        step()  # warm-up
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name] += _timings(step, 1, device, warmup=False)
+    return {name: (statistics.median(t), peak_memory(steps[name], device=device)) for name, t in times.items()}
+
+
+def compare_attention(length=16384, *, batch=1, n_rounds=4, repeats=3, device="auto", seed=0):
+    """Our LSH layer beside HF's and reformer-pytorch's at one shape. Returns ``(rows, notes)``: rows as in
+    :func:`bench_attention` plus ``vs_best`` (our time / the faster reference's), notes the configurations
+    used or why one was skipped."""
+    device = pick_device(device)
+    torch.manual_seed(seed)
+    x = torch.randn(batch, length, D_MODEL, device=device, requires_grad=True)
+    entries = [(f"minireformer LSH-{n_rounds}", attention_layer("lsh", n_rounds=n_rounds).to(device))]
+    notes = [f"minireformer: n_rounds={n_rounds}, chunk {CHUNK_LEN}, n_buckets={default_n_buckets(length, CHUNK_LEN)}, "
+             f"look_back 1, same bucket only (the paper)"]
+    for name, (module, note) in reference_attention(length, n_rounds=n_rounds).items():
+        notes.append(f"{name}: {note}")
+        if module is not None:
+            entries.append((name, module.to(device).train()))
+    results = _interleaved(entries, x, repeats, device)
+    rows = [dict(model=name, length=length, batch=batch, step_s=s, token_us=s / (batch * length) * 1e6,
+                 peak_mb=peak / 2**20) for name, (s, peak) in results.items()]
+    if len(rows) > 1:
+        best = min(rows[1:], key=lambda r: r["step_s"])
+        for row in rows:
+            row["vs_best"] = f"{row['step_s'] / best['step_s']:.2f}x time, {row['peak_mb'] / best['peak_mb']:.2f}x mem"
+    return rows, notes
+
+
+# ---- reversible stacks ------------------------------------------------------------------------------------
+def reversible_stack(n_blocks, *, reversible, ff_chunk=None, n_rounds=4):
+    """n blocks ``RevBlock(LSH attention, FeedForward(d_ff 1024))``, input duplicated, halves averaged."""
+    blocks = [RevBlock(LSHSelfAttention(D_MODEL, N_HEADS, n_rounds=n_rounds, chunk_len=CHUNK_LEN),
+                       FeedForward(D_MODEL, D_FF, chunk_size=ff_chunk)) for _ in range(n_blocks)]
+    sequence = ReversibleSequence(blocks, reversible=reversible)
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sequence = sequence
+
+        def forward(self, x):
+            return merge(*self.sequence(*duplicate(x)))
+
+    return Stack()
+
+
+def bench_reversible(depths=DEPTHS, *, length=4096, batch=1, ff_chunk=512, repeats=2, device="auto", compare=False,
+                     seed=0, progress=None):
+    """Training-step time and peak memory per depth: ordinary vs reversible, unchunked vs chunked
+    feed-forward (``ff_chunk=None``: unchunked only; and reformer-pytorch's ``Reformer`` with
+    ``reverse_thres`` off / on with ``compare``).
+    Returns ``(rows, notes)``; each row has model, n_blocks, step_s, peak_mb and, for reversible rows,
+    ``ratio`` (its time / the same configuration's ordinary time)."""
+    device = pick_device(device)
+    rows, notes = [], [f"L={length}, batch {batch}, d_model {D_MODEL}, {N_HEADS} heads, LSH 4 rounds chunk {CHUNK_LEN}, "
+                       f"d_ff {D_FF}, chunked feed-forward: {ff_chunk} positions per chunk"]
+    rp = _import("reformer_pytorch") if compare else None
+    if compare:
+        notes.append(MISSING.format(package="reformer-pytorch") if rp is None else
+                     f"reformer-pytorch {_version('reformer-pytorch')} Reformer: same shape, bucket_size 64, n_hashes 4, "
+                     f"ff_mult 4, ff_chunks {max(1, length // ff_chunk)}, PreNorm (LayerNorm); reverse_thres = "
+                     f"{length} (ordinary) or 0 (reversible)")
+    for n in depths:
+        torch.manual_seed(seed)
+        x = torch.randn(batch, length, D_MODEL, device=device, requires_grad=True)
+        configs = [("ours", chunk, rev) for chunk in dict.fromkeys((None, ff_chunk)) for rev in (False, True)]
+        if rp is not None:
+            configs += [("reformer-pytorch", None, rev) for rev in (False, True)]
+        entries = []
+        for who, chunk, rev in configs:
+            if who == "ours":
+                name = f"{'reversible' if rev else 'ordinary'}{', chunked ff' if chunk else ''}"
+                module = reversible_stack(n, reversible=rev, ff_chunk=chunk)
+            else:
+                name = f"reformer-pytorch {'reversible' if rev else 'ordinary'}"
+                module = rp.Reformer(dim=D_MODEL, depth=n, heads=N_HEADS, bucket_size=CHUNK_LEN, n_hashes=4,
+                                     ff_chunks=max(1, length // (ff_chunk or length)), ff_mult=D_FF // D_MODEL,
+                                     reverse_thres=0 if rev else length)
+            entries.append((name, module.to(device).train()))
+        if progress:
+            progress(f"{n} blocks")
+        results = _interleaved(entries, x, repeats, device)
+        for name, (seconds, peak) in results.items():
+            rows.append(dict(model=name, n_blocks=n, step_s=seconds, peak_mb=peak / 2**20))
+        for row in rows[-len(results):]:
+            if "reversible" in row["model"]:
+                base = results[row["model"].replace("reversible", "ordinary")][0]
+                row["ratio"] = f"{row['step_s'] / base:.2f}x"
+    return rows, notes
+
+
+# ---- printing ---------------------------------------------------------------------------------------------
+COLUMNS = {"model": "model", "length": "L", "batch": "batch", "n_blocks": "blocks", "step_s": "s/step",
+           "token_us": "µs/token", "peak_mb": "peak MiB", "ratio": "rev/ord", "vs_best": "vs faster reference",
+           "skipped": "note"}
+
+
+def format_table(rows):
+    """A Markdown table of the row dicts (the union of their keys, in COLUMNS order)."""
+    keys = [k for k in COLUMNS if any(k in row for row in rows)]
+
+    def cell(row, key):
+        value = row.get(key, "")
+        if isinstance(value, float):
+            return f"{value:.3f}" if key == "step_s" else f"{value:.1f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(COLUMNS[k] for k in keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(row, k) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine():
+    """The machine in words, for printed tables."""
+    import os
+    import platform
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads"
+
+
+def scaling(rows, model="LSH-4", short=4096, long=32768):
+    """Time per token at ``long`` over that at ``short`` for ``model`` (None if either is missing)."""
+    per = {r["length"]: r["token_us"] for r in rows if r["model"] == model and "token_us" in r}
+    return per[long] / per[short] if short in per and long in per else None
+
+
+def memory_growth(rows, model):
+    """``(peak memory ratio, length ratio)`` of the longest to the shortest length measured for ``model``."""
+    measured = sorted((r["length"], r["peak_mb"]) for r in rows if r["model"] == model and "peak_mb" in r)
+    (l0, m0), (l1, m1) = measured[0], measured[-1]
+    return m1 / m0, l1 / l0
+
+# ---- the command line: python -m minireformer bench attention | reversible -------------------------------
+def _ints(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(parser):
+    """Arguments of ``python -m minireformer bench``."""
+    parser.add_argument("what", choices=["attention", "reversible"], help="which benchmark")
+    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)),
+                        help="attention: sequence lengths, each dividing --total-tokens (default 1K..32K)")
+    parser.add_argument("--total-tokens", type=int, default=TOTAL_TOKENS, help="attention: tokens per step (32768)")
+    parser.add_argument("--rounds", default=",".join(map(str, ROUNDS)), help="attention: LSH rounds (1,2,4,8)")
+    parser.add_argument("--depths", default=",".join(map(str, DEPTHS)), help="reversible: numbers of blocks")
+    parser.add_argument("--length", type=int, default=None,
+                        help="reversible: L (default 4096); attention --compare: L (default 16384, batch 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up (median)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run HF transformers' and reformer-pytorch's (pip install -e '.[compare]')")
+    parser.add_argument("--figure", default=None, help="write the figure to this PNG")
+    return parser
+
+
+def from_args(args, parser):
+    """Run the benchmark named by ``args.what`` and print its table (and draw its figure)."""
+    try:
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        if args.what == "attention":
+            lengths, rounds = _ints(args.lengths), _ints(args.rounds)
+            check_lengths(lengths, args.total_tokens)
+        else:
+            depths = _ints(args.depths)
+        device = pick_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        parser.error(str(error))
+    from tqdm import tqdm
+
+    print(f"machine: {machine()}; median of {args.repeats} steps after a warm-up; peak = extra memory during one "
+          f"step (minireformer.memory.peak_memory)")
+    if args.what == "attention":
+        with tqdm(desc="bench attention", unit="layer") as bar:
+            rows = bench_attention(lengths, rounds, total_tokens=args.total_tokens, repeats=args.repeats, device=device,
+                                   progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+        print(f"\nOne attention layer, forward + backward, d_model {D_MODEL}, {N_HEADS} heads, chunk {CHUNK_LEN}, "
+              f"batch = {args.total_tokens} / L")
+        print(format_table(rows))
+        ratio = scaling(rows)
+        if ratio is not None:
+            print(f"LSH-4 time per token at 32K / at 4K: {ratio:.2f}x")
+        beats = [r["length"] for r in rows if r["model"] == "LSH-4" and "step_s" in r
+                 and any(s["model"] == "dense SDPA" and s["length"] == r["length"] and s["step_s"] > r["step_s"]
+                         for s in rows)]
+        print(f"LSH-4 faster than dense SDPA at L = {beats if beats else 'none of the lengths measured'}")
+        if args.compare:
+            rows_c, notes = compare_attention(args.length or 16384, n_rounds=4, repeats=args.repeats, device=device)
+            print(f"\nSide by side, L = {args.length or 16384}, batch 1, 4 rounds, forward + backward (interleaved repeats):")
+            print("\n".join(f"- {note}" for note in notes))
+            print(format_table(rows_c))
+        if args.figure:
+            from .plots import plot_bench_attention
+
+            plot_bench_attention(rows, title=machine()).savefig(args.figure, dpi=100)
+            print(f"figure: {args.figure}")
+    else:
+        with tqdm(desc="bench reversible", unit="depth") as bar:
+            rows, notes = bench_reversible(depths, length=args.length or 4096, repeats=args.repeats, device=device,
+                                           compare=args.compare,
+                                           progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+        print("\nTraining step (forward + backward) of n reversible blocks:")
+        print("\n".join(f"- {note}" for note in notes))
+        print(format_table(rows))
+        if args.figure:
+            from .plots import plot_bench_reversible
+
+            plot_bench_reversible(rows, title=machine()).savefig(args.figure, dpi=100)
+            print(f"figure: {args.figure}")

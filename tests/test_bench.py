@@ -1,0 +1,106 @@
+"""The benchmark commands at tiny sizes: rows, the printed table, errors, the optional compare path, and the
+memory scaling the benchmark reports (exact on the CPU). No timing asserts: timings vary."""
+
+import pytest
+import torch
+
+from minireformer import bench, lsh
+from minireformer.__main__ import main
+from minireformer.hashing import hash_vectors, random_rotations
+
+KEYS = {"model", "length", "batch", "step_s", "token_us", "peak_mb"}
+
+
+@pytest.fixture(scope="module")
+def attention_rows():
+    return bench.bench_attention((256, 1024), (1, 4), total_tokens=1024, repeats=1, device="cpu")
+
+
+def test_attention_rows_have_the_keys_and_sane_values(attention_rows):
+    assert {r["model"] for r in attention_rows} == {"LSH-1", "LSH-4", "full (shared-QK)", "dense SDPA"}
+    for row in attention_rows:
+        assert set(row) == KEYS
+        assert row["batch"] * row["length"] == 1024
+        assert row["step_s"] > 0 and row["peak_mb"] > 0
+        assert row["token_us"] == pytest.approx(row["step_s"] / 1024 * 1e6)
+
+
+def test_lsh_memory_is_linear_and_full_attention_quadratic(attention_rows):
+    # tokens per step are fixed (batch = 1024 / L): linear memory stays flat, quadratic grows like L
+    lsh_growth, length_growth = bench.memory_growth(attention_rows, "LSH-4")
+    full_growth, _ = bench.memory_growth(attention_rows, "full (shared-QK)")
+    assert length_growth == 4
+    assert 0.8 < lsh_growth < 1.25
+    assert full_growth > 2.5  # the [b, h, L, L] scores dominate; 4x in the limit
+    lsh_4 = {r["length"]: r["peak_mb"] for r in attention_rows if r["model"] == "LSH-4"}
+    full = {r["length"]: r["peak_mb"] for r in attention_rows if r["model"] == "full (shared-QK)"}
+    assert lsh_4[1024] < full[1024]
+
+
+def test_full_attention_is_skipped_past_the_memory_limit():
+    rows = bench.bench_attention((256,), (1,), total_tokens=256, repeats=1, sdpa=False, full_memory_limit=1)
+    assert rows[-1]["model"] == "full (shared-QK)" and "needs" in rows[-1]["skipped"]
+    assert "note" in bench.format_table(rows)
+
+
+def test_fast_hash_equals_hash_vectors():
+    x = torch.randn(3, 200, 16, generator=torch.Generator().manual_seed(0))
+    x[0, 0] = 0  # no direction: bucket 0 in both
+    rotations = random_rotations(16, 32, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(lsh._hash_block(x, rotations), hash_vectors(x, rotations))
+
+
+def test_bad_lengths_are_rejected():
+    with pytest.raises(ValueError, match="divide total_tokens"):
+        bench.bench_attention((300,), (1,), total_tokens=1024)
+    with pytest.raises(ValueError, match="'lsh', 'full' or 'sdpa'"):
+        bench.attention_layer("sparse")
+
+
+def test_cli_prints_the_table(capsys):
+    main(["bench", "attention", "--lengths", "128,256", "--total-tokens", "256", "--rounds", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| model | L | batch | s/step | µs/token | peak MiB |" in out
+    assert "| LSH-2 | 128 | 2 |" in out and "| dense SDPA | 256 | 1 |" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "attention", "--lengths", "300", "--total-tokens", "1024"], "divide total_tokens"),
+    (["bench", "attention", "--rounds", "two"], "comma-separated integers"),
+    (["bench", "reversible", "--depths", "0"], "positive integers"),
+    (["bench", "attention", "--repeats", "0"], "--repeats"),
+    (["bench", "sideways"], "invalid choice"),
+])
+def test_cli_errors_are_clear(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_compare_skips_missing_packages(monkeypatch):
+    real = bench.importlib.import_module
+
+    def no_references(name, *args):
+        if name.startswith(("transformers", "reformer_pytorch")):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(bench.importlib, "import_module", no_references)
+    rows, notes = bench.compare_attention(128, n_rounds=1, repeats=1, device="cpu")
+    assert [r["model"] for r in rows] == ["minireformer LSH-1"]
+    assert sum("is not installed" in note for note in notes) == 2
+    rows, notes = bench.bench_reversible((1,), length=128, ff_chunk=None, repeats=1, compare=True)
+    assert any("reformer-pytorch is not installed" in note for note in notes)
+    assert not any(r["model"].startswith("reformer-pytorch") for r in rows)
+
+
+def test_reversible_rows_and_flat_memory():
+    rows, _ = bench.bench_reversible((1, 3), length=1024, ff_chunk=None, repeats=1, device="cpu")
+    assert [r["model"] for r in rows] == ["ordinary", "reversible"] * 2
+    assert all("ratio" in r for r in rows if r["model"] == "reversible")
+    peak = {(r["model"], r["n_blocks"]): r["peak_mb"] for r in rows}
+    # ordinary residuals keep every block's activations; reversible ones only the parameters' gradients
+    ordinary = peak["ordinary", 3] - peak["ordinary", 1]
+    reversible = peak["reversible", 3] - peak["reversible", 1]
+    assert ordinary > 2 * reversible
+    assert peak["reversible", 3] < peak["ordinary", 3]
