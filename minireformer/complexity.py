@@ -21,7 +21,6 @@ import gc
 import math
 import re
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from .memory import StoragePeak, saved_activation_bytes
 from .model import ReformerLM
 from .reversible import duplicate, merge
+from .train import cpu_threads
 
 VARIABLES = ("b", "l", "d_model", "d_ff", "n_h", "n_l", "n_r", "c")
 
@@ -191,18 +191,6 @@ class _Timeline(StoragePeak):
         return peak
 
 
-@contextmanager
-def one_thread():
-    """Run CPU ops on one thread inside the block. Every measurement here is made so: the bytes do not
-    depend on it, and small ops on a busy machine only lose time waiting for a second thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 _warm = []  # becomes [True] after the first, unmeasured, pass of activation_peak
 
 
@@ -218,14 +206,14 @@ def activation_peak(module, x):
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if not _warm:  # the first backward pass in a process makes a few one-time allocations (4-8 KB): not ours
-        with one_thread(), _Timeline(x.device):
+        with cpu_threads(1), _Timeline(x.device):
             module(x).sum().backward()
         _warm.append(True)
     for p in params:
         p.grad = None
     x.grad = None
     excluded = set()
-    with one_thread(), _Timeline(x.device) as tracker:
+    with cpu_threads(1), _Timeline(x.device) as tracker:
         hooks = [p.register_hook(lambda g: excluded.add(tracker.number(g))) for p in params]
         gc.disable()
         try:
@@ -242,7 +230,7 @@ def activation_peak(module, x):
 
 def _seconds(module, x, repeats):
     """The fastest of ``repeats`` forward + backward passes (after one warm-up): the least disturbed by other
-    work on the machine. On the CPU it runs on one thread (:func:`one_thread`), so the times compare the
+    work on the machine. On the CPU it runs on one thread (:func:`minireformer.train.cpu_threads`), so the times compare the
     algorithms, not the thread pool."""
     def step():
         module(x).sum().backward()
@@ -269,7 +257,7 @@ def measure_variant(model, *, repeats=3, device=None, **config):
     module = build_variant(model, **config).to(device)
     x = torch.randn(config["b"], config["l"], config["d_model"], device=device,
                     generator=torch.Generator(device).manual_seed(config.get("seed", 0)), requires_grad=True)
-    with one_thread():
+    with cpu_threads(1):
         saved = saved_activation_bytes(module, x)
         peak = activation_peak(module, x)
         seconds = _seconds(module, x, repeats) if repeats else None
@@ -331,7 +319,7 @@ def memory_scaling(models, name, values, *, what="peak", **config):
             sizes = {**config, name: value}
             x = torch.randn(sizes["b"], sizes["l"], sizes["d_model"], requires_grad=True,
                             generator=torch.Generator().manual_seed(0))
-            with one_thread():
+            with cpu_threads(1):
                 result[model].append(measure(build_variant(model, **sizes), x))
     return result
 

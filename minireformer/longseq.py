@@ -26,6 +26,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from .complexity import loglog_slope
 from .memory import StoragePeak, peak_memory
 from .model import ReformerConfig, ReformerLM
 from .scale import current_scale
@@ -182,10 +183,10 @@ def step_seconds(model, tokens):
 
 
 def loglog_slopes(lengths, values):
-    """``log(v[i+1] / v[i]) / log(L[i+1] / L[i])`` for consecutive points: 1 for linear growth, 2 for quadratic."""
+    """The log-log slope between each pair of consecutive points: 1 for linear growth, 2 for quadratic."""
     if len(lengths) != len(values) or len(lengths) < 2:
         raise ValueError(f"need two or more (length, value) pairs, got {len(lengths)} lengths and {len(values)} values")
-    return [math.log(v1 / v0) / math.log(l1 / l0) for l0, l1, v0, v1 in zip(lengths, lengths[1:], values, values[1:])]
+    return [loglog_slope(lengths[i:i + 2], values[i:i + 2]) for i in range(len(lengths) - 1)]
 
 
 def _extrapolate(points, length):
