@@ -87,7 +87,10 @@ def test_compare_skips_missing_packages(monkeypatch):
 
     monkeypatch.setattr(bench.importlib, "import_module", no_references)
     rows, notes = bench.compare_attention(128, n_rounds=1, repeats=1, device="cpu")
-    assert [r["model"] for r in rows] == ["minireformer LSH-1"]
+    # ours at the paper's bucket count and at reformer-pytorch's (L / chunk: 128 / 64 = 2), nothing to compare with
+    assert [r["model"] for r in rows] == ["minireformer LSH-1", "minireformer LSH-1, 2 buckets"]
+    assert not any("vs_best" in r for r in rows)
+    assert "n_buckets=4" in notes[0]
     assert sum("is not installed" in note for note in notes) == 2
     rows, notes = bench.bench_reversible((1,), length=128, ff_chunk=None, repeats=1, compare=True)
     assert any("reformer-pytorch is not installed" in note for note in notes)
