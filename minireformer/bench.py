@@ -256,8 +256,12 @@ def bench_reversible(depths=DEPTHS, *, length=4096, batch=1, ff_chunk=512, repea
     """Training-step time and peak memory per depth: ordinary vs reversible, unchunked vs chunked
     feed-forward (``ff_chunk=None``: unchunked only; and reformer-pytorch's ``Reformer`` with
     ``reverse_thres`` off / on with ``compare``).
-    Returns ``(rows, notes)``; each row has model, n_blocks, step_s, peak_mb and, for reversible rows,
-    ``ratio`` (its time / the same configuration's ordinary time)."""
+    Returns ``(rows, notes)``; each row has model, n_blocks, step_s, peak_mb, act_mb (the peak without the
+    parameters' gradients, which every stack allocates in proportion to its depth: see
+    :func:`minireformer.complexity.activation_peak`) and, for reversible rows, ``ratio`` (its time / the same
+    configuration's ordinary time)."""
+    from .complexity import activation_peak
+
     device = pick_device(device)
     rows, notes = [], [f"L={length}, batch {batch}, d_model {D_MODEL}, {N_HEADS} heads, LSH 4 rounds chunk {CHUNK_LEN}, "
                        f"d_ff {D_FF}, chunked feed-forward: {ff_chunk} positions per chunk"]
@@ -287,8 +291,10 @@ def bench_reversible(depths=DEPTHS, *, length=4096, batch=1, ff_chunk=512, repea
         if progress:
             progress(f"{n} blocks")
         results = _interleaved(entries, x, repeats, device)
+        modules = dict(entries)
         for name, (seconds, peak) in results.items():
-            rows.append(dict(model=name, n_blocks=n, step_s=seconds, peak_mb=peak / 2**20))
+            rows.append(dict(model=name, n_blocks=n, step_s=seconds, peak_mb=peak / 2**20,
+                             act_mb=activation_peak(modules[name], x) / 2**20))
         for row in rows[-len(results):]:
             if "reversible" in row["model"]:
                 base = results[row["model"].replace("reversible", "ordinary")][0]
@@ -298,7 +304,7 @@ def bench_reversible(depths=DEPTHS, *, length=4096, batch=1, ff_chunk=512, repea
 
 # ---- printing ---------------------------------------------------------------------------------------------
 COLUMNS = {"model": "model", "length": "L", "batch": "batch", "n_blocks": "blocks", "step_s": "s/step",
-           "token_us": "µs/token", "peak_mb": "peak MiB", "ratio": "rev/ord", "vs_best": "vs faster reference",
+           "token_us": "µs/token", "peak_mb": "peak MiB", "act_mb": "without param. grads MiB", "ratio": "rev/ord", "vs_best": "vs faster reference",
            "skipped": "note"}
 
 
@@ -418,6 +424,11 @@ def from_args(args, parser):
         print("\nTraining step (forward + backward) of n reversible blocks:")
         print("\n".join(f"- {note}" for note in notes))
         print(format_table(rows))
+        for model in dict.fromkeys(r["model"] for r in rows if "reversible" in r["model"]):
+            measured = sorted((r["n_blocks"], r["peak_mb"], r["act_mb"]) for r in rows if r["model"] == model)
+            (n0, peak0, act0), (n1, peak1, act1) = measured[0], measured[-1]
+            print(f"{model}: peak at {n1} blocks / at {n0}: {peak1 / peak0:.2f}x "
+                  f"(without parameter gradients {act1 / act0:.2f}x)")
         if args.figure:
             from .plots import plot_bench_reversible
 

@@ -80,10 +80,10 @@ def test_cli_errors_are_clear(argv, message, capsys):
 def test_compare_skips_missing_packages(monkeypatch):
     real = bench.importlib.import_module
 
-    def no_references(name, *args):
+    def no_references(name, *args, **kwargs):
         if name.startswith(("transformers", "reformer_pytorch")):
             raise ImportError(name)
-        return real(name, *args)
+        return real(name, *args, **kwargs)
 
     monkeypatch.setattr(bench.importlib, "import_module", no_references)
     rows, notes = bench.compare_attention(128, n_rounds=1, repeats=1, device="cpu")
@@ -98,8 +98,8 @@ def test_compare_skips_missing_packages(monkeypatch):
 
 
 def test_reversible_rows_and_flat_memory():
-    rows, _ = bench.bench_reversible((1, 3), length=1024, ff_chunk=None, repeats=1, device="cpu")
-    assert [r["model"] for r in rows] == ["ordinary", "reversible"] * 2
+    rows, _ = bench.bench_reversible((1, 2, 3), length=1024, ff_chunk=None, repeats=1, device="cpu")
+    assert [r["model"] for r in rows] == ["ordinary", "reversible"] * 3
     assert all("ratio" in r for r in rows if r["model"] == "reversible")
     peak = {(r["model"], r["n_blocks"]): r["peak_mb"] for r in rows}
     # ordinary residuals keep every block's activations; reversible ones only the parameters' gradients
@@ -107,3 +107,10 @@ def test_reversible_rows_and_flat_memory():
     reversible = peak["reversible", 3] - peak["reversible", 1]
     assert ordinary > 2 * reversible
     assert peak["reversible", 3] < peak["ordinary", 3]
+    # without the parameters' gradients (3 blocks allocate 3 blocks' worth) the reversible peak is flat in depth
+    # from 2 blocks on (from the second block down, the backward also holds the inputs it rebuilt)
+    act = {(r["model"], r["n_blocks"]): r["act_mb"] for r in rows}
+    assert act["reversible", 3] <= 1.01 * act["reversible", 2]
+    assert act["ordinary", 3] > 2 * act["ordinary", 1]
+    for row in rows:
+        assert 0 < row["act_mb"] < row["peak_mb"]
