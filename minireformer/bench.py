@@ -5,7 +5,8 @@
   over lengths 1K..32K at a fixed number of tokens per step, ``batch = total_tokens / L`` (the paper's
   Figure 5 set-up: full attention's time per step grows with L, LSH attention's stays flat).
 - ``reversible``: a training step (forward + backward) of n blocks ``RevBlock(f = LSH attention, g =
-  feed-forward d_ff 1024)``, ordinary vs reversible residuals, with and without chunked feed-forward.
+  feed-forward d_ff 1024)``, ordinary vs reversible residuals, with and without chunked feed-forward; the
+  peak with and without the parameters' gradients (those grow with depth in any stack).
 
 ``compare=True`` (the optional ``compare`` extra: ``pip install -c constraints.txt -e '.[compare]'``) also
 runs HF transformers' Reformer ``LSHSelfAttention`` and reformer-pytorch's ``LSHSelfAttention`` /
@@ -304,8 +305,8 @@ def bench_reversible(depths=DEPTHS, *, length=4096, batch=1, ff_chunk=512, repea
 
 # ---- printing ---------------------------------------------------------------------------------------------
 COLUMNS = {"model": "model", "length": "L", "batch": "batch", "n_blocks": "blocks", "step_s": "s/step",
-           "token_us": "µs/token", "peak_mb": "peak MiB", "act_mb": "without param. grads MiB", "ratio": "rev/ord", "vs_best": "vs faster reference",
-           "skipped": "note"}
+           "token_us": "µs/token", "peak_mb": "peak MiB", "act_mb": "without param. grads MiB", "ratio": "rev/ord",
+           "vs_best": "vs faster reference", "skipped": "note"}
 
 
 def format_table(rows):
