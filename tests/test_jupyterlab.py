@@ -135,6 +135,16 @@ def open_and_run_all(page, lab, lesson):
     return n_code
 
 
+def shut_down_kernels(lab):
+    """End every kernel the pages started (closing a page leaves its kernel running, holding its memory)."""
+    api = f"{lab['url']}/api/sessions"
+    with urllib.request.urlopen(f"{api}?token={lab['token']}", timeout=10) as response:
+        sessions = json.load(response)
+    for session in sessions:
+        request = urllib.request.Request(f"{api}/{session['id']}?token={lab['token']}", method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()
+
+
 def widget_outputs_in(lesson):
     """How many outputs of the committed lesson are widgets (the browser must render as many)."""
     cells = json.loads((ROOT / "notebooks" / lesson).read_text())["cells"]
@@ -170,6 +180,7 @@ def test_lesson_runs_in_jupyterlab_without_errors(lab, browser, lesson):
             assert view.locator("input, button, .widget-slider, .widget-output, .widget-hprogress").count() > 0
     finally:
         page.close()
+        shut_down_kernels(lab)
 
 
 def step_slider(page, lesson, label, before, after, shots, name):
@@ -203,6 +214,7 @@ def page(lab, browser):
     page.lab = lab
     yield page
     page.close()
+    shut_down_kernels(lab)
 
 
 def test_hash_rotation_widget_redraws_when_a_slider_moves(page, shots):
