@@ -165,22 +165,17 @@ def slider(page, container, description):
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
-def test_lesson_runs_in_jupyterlab_without_errors(lab, browser, lesson):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        n_code = open_and_run_all(page, lab, lesson)
-        errors, broken_widgets = errors_on_page(page)
-        assert n_code > 0
-        assert errors == [], f"{lesson} shows error output: {errors[:1]}"
-        assert broken_widgets == 0
-        # A rendered widget view is an output whose child is a .jupyter-widgets element (with its controls).
-        views = page.locator(".jp-OutputArea-output > .jupyter-widgets")
-        assert views.count() == widget_outputs_in(lesson)
-        for view in views.all():  # its controls, or a tqdm progress bar's bar and text, are on the page
-            assert view.locator("input, button, .widget-slider, .widget-output, .widget-hprogress").count() > 0
-    finally:
-        page.close()
-        shut_down_kernels(lab)
+def test_lesson_runs_in_jupyterlab_without_errors(page, lesson):
+    n_code = open_and_run_all(page, page.lab, lesson)
+    errors, broken_widgets = errors_on_page(page)
+    assert n_code > 0
+    assert errors == [], f"{lesson} shows error output: {errors[:1]}"
+    assert broken_widgets == 0
+    # A rendered widget view is an output whose child is a .jupyter-widgets element (with its controls).
+    views = page.locator(".jp-OutputArea-output > .jupyter-widgets")
+    assert views.count() == widget_outputs_in(lesson)
+    for view in views.all():  # its controls, or a tqdm progress bar's bar and text, are on the page
+        assert view.locator("input, button, .widget-slider, .widget-output, .widget-hprogress").count() > 0
 
 
 def step_slider(page, lesson, label, before, after, shots, name):
@@ -210,6 +205,7 @@ def step_slider(page, lesson, label, before, after, shots, name):
 
 @pytest.fixture
 def page(lab, browser):
+    """A fresh page of the lab; on teardown it is closed and the kernels it started are shut down."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.lab = lab
     yield page
