@@ -310,17 +310,20 @@ def _hash_block(x, rotations):
 
     Optimization: with n_buckets = 2L / chunk_len the rotated vectors are O(L^2) numbers, the one quadratic
     term of the layer. Concatenating ``-xR`` and taking argmax made two more copies and a slow indexed
-    pass over twice the numbers; instead take the max and the min of ``xR`` (one pass each) and pick the
-    larger of ``max`` and ``-min``. Ties go to the ``+xR`` half, as argmax's first index does, so the
-    buckets are exactly ``hash_vectors``' (tests/test_bench.py checks it).
+    pass over twice the numbers; instead take the largest and the smallest value of ``xR`` (max *values*
+    are fast reductions; a max with indices is several times slower), keep whichever is larger in size,
+    and find where it first occurs. Ties go to the ``+xR`` half and to the first index, as argmax's do, so
+    the buckets are exactly ``hash_vectors``' (tests/test_bench.py checks it, ties included).
     """
     half = rotations.shape[-1]
     if x.dtype != rotations.dtype or x.device != rotations.device:
         return hash_vectors(x, rotations)  # let hash_vectors explain the mismatch / cast
-    rotated = torch.einsum("bld,rdn->brln", x, rotations)  # [b, r, l, n_buckets / 2]
-    top, top_at = rotated.max(dim=-1)
-    bottom, bottom_at = rotated.min(dim=-1)
-    return torch.where(top >= -bottom, top_at, bottom_at + half)
+    with torch.no_grad():  # integers come out: nothing to record
+        rotated = torch.einsum("bld,rdn->brln", x, rotations)  # [b, r, l, n_buckets / 2]
+        top, bottom = rotated.amax(dim=-1), rotated.amin(dim=-1)
+        upper = top >= -bottom  # the winner of argmax([xR; -xR]) is in the +xR half
+        first = (rotated == torch.where(upper, top, bottom).unsqueeze(-1)).byte().argmax(dim=-1)
+        return torch.where(upper, first, first + half)
 
 
 def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,

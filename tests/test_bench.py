@@ -48,6 +48,13 @@ def test_fast_hash_equals_hash_vectors():
     x[0, 0] = 0  # no direction: bucket 0 in both
     rotations = random_rotations(16, 32, 3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(lsh._hash_block(x, rotations), hash_vectors(x, rotations))
+    # ties: two equal columns (the first index wins), and a column that is another's negative (+xR wins)
+    rotations[..., 5], rotations[..., 9] = rotations[..., 2], -rotations[..., 7]
+    x = torch.cat([x, rotations[0, :, 2].expand(3, 4, 16), -rotations[1, :, 2].expand(3, 4, 16),
+                   rotations[2, :, 7].expand(3, 4, 16)], dim=1)
+    buckets = hash_vectors(x, rotations)
+    assert (buckets == 2).any() and (buckets == 2 + 16).any() and (buckets == 7).any()
+    assert torch.equal(lsh._hash_block(x, rotations), buckets)
 
 
 def test_bad_lengths_are_rejected():
