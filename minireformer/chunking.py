@@ -64,5 +64,11 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(nn.Linear(d_model, d_ff), activation, nn.Dropout(dropout), nn.Linear(d_ff, d_model))
         self.chunk_size = chunk_size
 
+    @property
+    def positionwise_chunk_size(self):
+        """Positions per chunk of this position-wise module (None: unchunked). A reversible backward
+        (:mod:`minireformer.reversible`) recomputes and back-propagates such a branch chunk by chunk."""
+        return self.chunk_size
+
     def forward(self, x):  # [..., L, d_model] -> [..., L, d_model]
         return chunked_feed_forward(self.net, x, self.chunk_size)

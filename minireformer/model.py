@@ -76,6 +76,10 @@ class PreNorm(nn.Module):
         super().__init__()
         self.norm, self.fn = nn.LayerNorm(d_model), fn
 
+    @property
+    def positionwise_chunk_size(self):  # LayerNorm is position-wise: chunked when fn is (chunking.FeedForward)
+        return getattr(self.fn, "positionwise_chunk_size", None)
+
     def forward(self, x):
         return self.fn(self.norm(x))
 

@@ -337,10 +337,9 @@ def reversible_stack(n_blocks, d_model=32, n_heads=4, d_ff=128, *, attention="ls
     """The stack lessons 03 and 04 measure: ``n_blocks`` :class:`~minireformer.reversible.RevBlock` s with
     ``f = LayerNorm -> attention`` (``"lsh"`` or ``"full"``) and ``g = LayerNorm -> FeedForward`` (the
     Reformer's layer), as a :class:`~minireformer.reversible.ReversibleSequence`; parameters drawn from ``seed``."""
-    import torch.nn as nn
-
     from .attention import FullSelfAttention, LSHSelfAttention
     from .chunking import FeedForward
+    from .model import PreNorm
     from .reversible import RevBlock, ReversibleSequence
 
     if attention not in ("lsh", "full"):
@@ -352,9 +351,8 @@ def reversible_stack(n_blocks, d_model=32, n_heads=4, d_ff=128, *, attention="ls
         return LSHSelfAttention(d_model, n_heads, n_rounds=n_rounds, chunk_len=chunk_len, dropout=dropout)
 
     torch.manual_seed(seed)
-    blocks = [RevBlock(nn.Sequential(nn.LayerNorm(d_model), make_attention()),
-                       nn.Sequential(nn.LayerNorm(d_model), FeedForward(d_model, d_ff, dropout=dropout,
-                                                                        chunk_size=ff_chunk_size)))
+    blocks = [RevBlock(PreNorm(d_model, make_attention()),
+                       PreNorm(d_model, FeedForward(d_model, d_ff, dropout=dropout, chunk_size=ff_chunk_size)))
               for _ in range(n_blocks)]
     return ReversibleSequence(blocks, reversible=reversible).to(dtype)
 

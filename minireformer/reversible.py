@@ -124,6 +124,30 @@ def _vjp(out, x, params, grad):
     return (torch.zeros_like(x) if grad_x is None else grad_x), grad_params
 
 
+def _recompute_g(block, y1, y2, dy2, params, accumulate):
+    """G recomputed under autograd from ``y1`` and back-propagated at once: ``(x2 = y2 - G(y1), G's share of dy1)``,
+    G's parameter gradients passed to ``accumulate``. A position-wise G run in chunks (a chunked
+    :class:`~minireformer.chunking.FeedForward`, alone or after a LayerNorm) is done one chunk at a time, in
+    the forward pass's order (so each chunk replays its dropout mask): one chunk's graph exists at a time, as
+    in its forward pass, and no chunk is recomputed a second time for its backward."""
+    size = getattr(block.g, "positionwise_chunk_size", None)
+    if not size or size >= y1.shape[-2]:
+        y1 = y1.detach().requires_grad_()
+        g_out = block.branch("g", y1)
+        grad_y1, grads = _vjp(g_out, y1, params, dy2)
+        accumulate(params, grads)
+        return y2 - g_out.detach(), grad_y1
+    x2, grad_y1 = torch.empty_like(y2), torch.empty_like(y1)
+    for y1_c, y2_c, dy2_c, x2_c, grad_c in zip(*(t.split(size, dim=-2) for t in (y1, y2, dy2, x2, grad_y1))):
+        y1_c = y1_c.detach().requires_grad_()
+        g_out = block.branch("g", y1_c)
+        grad, grads = _vjp(g_out, y1_c, params, dy2_c)
+        accumulate(params, grads)
+        grad_c.copy_(grad)
+        torch.sub(y2_c, g_out.detach(), out=x2_c)
+    return x2, grad_y1
+
+
 class _ReversibleFunction(torch.autograd.Function):
     """The blocks as one autograd node that saves only the final ``(y1, y2)``. The parameters are inputs too,
     so their gradients flow (and the node is recorded) even when ``x1, x2`` do not require grad."""
@@ -144,7 +168,7 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy1, dy2):
-        y1, y2 = ctx.saved_tensors
+        y1, y2 = (y.detach() for y in ctx.saved_tensors)
         index = {id(p): i for i, p in enumerate(ctx.params)}  # a parameter may be shared between blocks
         grad_params = [None] * len(ctx.params)
 
@@ -156,15 +180,10 @@ class _ReversibleFunction(torch.autograd.Function):
             f_params, g_params = _trainable(block.f), _trainable(block.g)
             with torch.enable_grad(), ctx.autocast.restore():
                 # G first: y2 = x2 + G(y1), so y1 gets dy2 through G on top of its own dy1.
-                y1 = y1.detach().requires_grad_()
                 with g_state.replay():
-                    g_out = block.g(y1)
-                grad_y1, grads = _vjp(g_out, y1, g_params, dy2)
-                accumulate(g_params, grads)
+                    x2, grad_y1 = _recompute_g(block, y1, y2, dy2, g_params, accumulate)
+                del y2
                 dy1 = dy1 + grad_y1
-                with torch.no_grad():
-                    x2 = y2 - g_out  # the block's input x2, rebuilt from its output
-                del g_out, y2
                 # then F: y1 = x1 + F(x2), so x2 gets dy1 through F on top of dy2.
                 x2 = x2.detach().requires_grad_()
                 with f_state.replay():
