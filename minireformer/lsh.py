@@ -33,7 +33,9 @@ The steps below are small functions a lesson can call one at a time (pad, sort, 
 attend, unsort, combine); :func:`lsh_attention` runs them for all rounds and chunks at once (rounds and
 chunks are tensor dims, gathered by index) in blocks of chunks that fit in cache, and a custom backward
 recomputes each block's probabilities instead of storing them: backward keeps O(b * L * d), the forward
-peak is O(b * n_rounds * L * d) (each round's output) beside one block. :func:`lsh_attention_reference` is the slow twin: explicit ``[L, L]`` masks and a dense softmax.
+peak is O(b * n_rounds * L * d) (each round's output) beside one block. Where a backward follows its forward
+at once, one layer at a time (the reversible backward), :func:`keep_probabilities` trades one layer's
+``[b, r, L, w]`` probabilities for that recomputation. :func:`lsh_attention_reference` is the slow twin: explicit ``[L, L]`` masks and a dense softmax.
 
 Shapes: ``qk, v [..., L, d]``; ``rotations [n_rounds, d, n_buckets // 2]``; buckets ``[b, n_rounds, L]``;
 chunked tensors ``[b, n_rounds, n_chunks, chunk_len, ...]``; a window holds ``w = (1 + look_back) * chunk_len``
@@ -41,6 +43,8 @@ keys. Keys are unit vectors ``k = qk / |qk|``, queries are not, and scores are s
 """
 
 import math
+import threading
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +166,24 @@ def combine_rounds(o, lse):
 
 
 # ---- the fast path: every round and chunk at once, in blocks that fit in cache -------------------------------
+_KEEP = threading.local()
+
+
+@contextmanager
+def keep_probabilities():
+    """Inside this block, :func:`lsh_attention` (under autograd) keeps its attention probabilities for its
+    backward pass instead of recomputing them there: one ``[b, r, L, w]`` tensor per call, alive until that
+    call's backward, for one recomputation of the scores fewer. Worth it where a layer's backward follows its
+    forward at once, one layer at a time: the reversible backward (:mod:`minireformer.reversible`) recomputes
+    each block this way, so the memory is one layer's probabilities, whatever the depth."""
+    before = getattr(_KEEP, "on", False)
+    _KEEP.on = True
+    try:
+        yield
+    finally:
+        _KEEP.on = before
+
+
 def _rows(x, rows):
     """``x[rows]`` for a 2-D block of row numbers: ``[R, ...]`` gathered by ``[n, m]`` -> ``[n, m, ...]``."""
     return x.index_select(0, rows.flatten()).unflatten(0, rows.shape)
@@ -228,14 +250,18 @@ class _ChunkedAttention(torch.autograd.Function):
     """Attention in every chunk of every round, block by block, and the rounds' combination. It saves
     only q, k, v, the combined output and the round weights, all O(b * L * d): backward recomputes each
     block's probabilities (as FlashAttention does), so no ``[b, r, L, w]`` tensor (scores, probabilities,
-    gathered windows) ever exists, and the per-round outputs live only during the forward pass."""
+    gathered windows) ever exists, and the per-round outputs live only during the forward pass. (Except
+    with ``keep=True``, see :func:`keep_probabilities`: then each block's probabilities are kept.)"""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan):  # q, k, v [b * Lp, d] -> out [b * Lp, d], weights [b * Lp * r]
+    def forward(ctx, q, k, v, plan, keep):  # q, k, v [b * Lp, d] -> out [b * Lp, d], weights [b * Lp * r]
         o, lse = q.new_empty(plan.out_rows.numel(), v.shape[-1]), q.new_empty(plan.out_rows.numel())
+        ctx.probs = [] if keep else None
         for block in plan.blocks:
             q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
-            out, block_lse, _ = attend(q_block, k_block, v_block, allowed, counts=counts)  # [n, c, d], [n, c]
+            out, block_lse, probs = attend(q_block, k_block, v_block, allowed, counts=counts)  # [n, c, d], [n, c]
+            if keep:
+                ctx.probs.append(probs)
             o.index_copy_(0, plan.out_rows[block].flatten(), out.flatten(0, 1))
             lse.index_copy_(0, plan.out_rows[block].flatten(), block_lse.flatten())
         shape = (plan.batch, plan.padded, plan.n_rounds)
@@ -256,9 +282,14 @@ class _ChunkedAttention(torch.autograd.Function):
             # delta = dO . o_r and, through the combination weights, dlse = w_r * (dOut . o_r - dOut . out):
             # so delta - dlse = w_r * (dOut . out), and the per-round outputs are not needed at all.
             dots = (grad_out * out).sum(-1)  # [b * Lp]
-            for block in plan.blocks:
-                q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
-                probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
+            for i, block in enumerate(plan.blocks):
+                if ctx.probs:
+                    q_block, k_block, v_block = (_rows(x, rows) for x, rows in
+                                                 ((q, plan.q_rows[block]), (k, plan.k_rows[block]), (v, plan.k_rows[block])))
+                    probs, ctx.probs[i] = ctx.probs[i], None  # [n, c, w], freed once used
+                else:
+                    q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
+                    probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
                 w = _rows(weights, plan.out_rows[block]).unsqueeze(-1)  # [n, c, 1]
                 q_rows, k_rows = plan.q_rows[block], plan.k_rows[block].flatten()
                 grad_o = _rows(grad_out, q_rows) * w  # [n, c, d]
@@ -266,7 +297,7 @@ class _ChunkedAttention(torch.autograd.Function):
                 grad_q.index_add_(0, q_rows.flatten(), (grad_s @ k_block).flatten(0, 1), alpha=scale)
                 grad_k.index_add_(0, k_rows, (grad_s.mT @ q_block).flatten(0, 1), alpha=scale)
                 grad_v.index_add_(0, k_rows, (probs.mT @ grad_o).flatten(0, 1))
-        return grad_q, grad_k, grad_v, None
+        return grad_q, grad_k, grad_v, None, None
 
 
 def _prepare(qk, v, rotations, chunk_len, look_back, return_attention):
@@ -349,7 +380,8 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
             return (F.pad(x, (0, 0, 0, padded - length)) if padded > length else x).flatten(0, 1)
 
         q, k, v = pad(qk), pad(F.normalize(qk, dim=-1)), pad(v)
-        out, weights = _ChunkedAttention.apply(q, k, v, plan)  # [b * Lp, d], [b * Lp * r]
+        keep = getattr(_KEEP, "on", False) and torch.is_grad_enabled()
+        out, weights = _ChunkedAttention.apply(q, k, v, plan, keep)  # [b * Lp, d], [b * Lp * r]
         out = out.view(b, padded, d)[:, :length]  # [b, L, d]
         attn = None
         if return_attention:

@@ -31,6 +31,8 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn as nn
 
+from .lsh import keep_probabilities
+
 
 def duplicate(x):
     """``x [B, L, d]`` -> ``(x, x)``: the two input halves of the first reversible block."""
@@ -186,7 +188,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 dy1 = dy1 + grad_y1
                 # then F: y1 = x1 + F(x2), so x2 gets dy1 through F on top of dy2.
                 x2 = x2.detach().requires_grad_()
-                with f_state.replay():
+                with f_state.replay(), keep_probabilities():  # LSH attention in F: its backward follows at once
                     f_out = block.f(x2)
                 grad_x2, grads = _vjp(f_out, x2, f_params, dy1)
                 accumulate(f_params, grads)

@@ -68,6 +68,35 @@ def test_fast_path_matches_reference_in_many_blocks(monkeypatch, chunk_len, look
     assert_matches_reference(qk, v, rotations, chunk_len=chunk_len, causal=True, look_back=look_back, dedup=True)
 
 
+@pytest.mark.parametrize("dedup", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_kept_probabilities_give_the_same_gradients_without_recomputing(monkeypatch, causal, dedup):
+    monkeypatch.setattr(lsh, "BLOCK_SCORES", 7 * 5 * 5)  # several blocks, ragged last one
+    scored = []
+    real_chunk_scores = lsh.chunk_scores
+    monkeypatch.setattr(lsh, "chunk_scores", lambda *a, **kw: scored.append(1) or real_chunk_scores(*a, **kw))
+    qk, v, rotations = make_inputs(37, n_rounds=3, n_buckets=6, batch=(2, 3), seed=5)
+    kw = dict(chunk_len=5, causal=causal, dedup=dedup)
+    ref_grads = outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw)[2]
+
+    def grads():  # the scores are computed once per block forward, and once more in backward unless kept
+        scored.clear()
+        out = lsh_attention(qk, v, rotations, **kw)
+        cotangent = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        forward_calls = len(scored)
+        grads = torch.autograd.grad((out * cotangent).sum(), (qk, v))
+        return grads, forward_calls, len(scored) - forward_calls
+
+    with lsh.keep_probabilities():
+        kept, forward_calls, backward_calls = grads()
+    assert forward_calls > 1 and backward_calls == 0
+    recomputed, _, backward_calls = grads()  # outside the block: recomputed again
+    assert backward_calls == forward_calls and not getattr(lsh._KEEP, "on", False)
+    for grad, other, ref in zip(kept, recomputed, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(grad, other, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n_rounds, n_buckets", [(1, 2), (2, 8), (4, 16)])
 def test_one_chunk_across_buckets_is_full_attention(causal, n_rounds, n_buckets):

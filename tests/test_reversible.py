@@ -207,6 +207,24 @@ def test_chunked_feed_forward_runs_chunk_by_chunk_in_the_reversible_backward():
         torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
 
 
+def test_lsh_attention_scores_each_block_as_often_as_under_ordinary_autograd(monkeypatch):
+    # the reversible backward recomputes F with lsh.keep_probabilities(): the recomputation's probabilities
+    # serve its backward, so LSH scores each chunk twice per step (forward, recompute), as ordinary autograd
+    # does (forward, backward), instead of three times
+    import minireformer.lsh as lsh
+
+    scored = []
+    real_chunk_scores = lsh.chunk_scores
+    monkeypatch.setattr(lsh, "chunk_scores", lambda *a, **kw: scored.append(1) or real_chunk_scores(*a, **kw))
+    seq = CASES["LSH attention"]()
+    counts = {}
+    for mode in (False, True):
+        scored.clear()
+        run(seq, x_like(), mode)
+        counts[mode] = len(scored)
+    assert counts[True] == counts[False] > 0
+
+
 def test_no_grad_and_eval_simply_run_forward():
     seq = CASES["dropout"]().eval()
     x = x_like()
