@@ -165,8 +165,43 @@ def combine_rounds(o, lse):
     return torch.einsum("...rl,...rld->...ld", lse.softmax(dim=-2), o)
 
 
-# ---- the fast path: every round and chunk at once, in blocks that fit in cache -------------------------------
-_KEEP = threading.local()
+# ---- recomputing exactly: recorded buckets, kept probabilities ---------------------------------------------------
+_TAPE, _KEEP = threading.local(), threading.local()
+
+
+@contextmanager
+def recording_buckets():
+    """Inside this block every LSH attention call (:func:`lsh_attention`, the reference) appends the buckets it
+    hashed, ``[b, n_rounds, L]`` in the smallest integer type that holds them, to the list it yields.
+
+    The reversible backward (:mod:`minireformer.reversible`) records each block's forward pass and plays the
+    buckets back in its recomputation (:func:`replaying_buckets`). Replaying the RNG gives the same rotations,
+    but the rebuilt input differs from the forward pass's in its last bits, and where two rotated coordinates
+    of a vector nearly tie its bucket can flip; a flipped bucket changes that block's output, so the input
+    rebuilt below it is wrong, and the error spreads downward through the stack. Recorded buckets make the
+    recomputation hash exactly as the forward pass did, at 1-4 bytes per token, head and round per block."""
+    with _tape([], replay=False) as tape:
+        yield tape
+
+
+@contextmanager
+def replaying_buckets(tape):
+    """Inside this block LSH attention calls take their buckets from ``tape`` (a list that
+    :func:`recording_buckets` filled, consumed in order) instead of hashing."""
+    with _tape(list(tape), replay=True) as remaining:
+        yield
+    if remaining:
+        raise RuntimeError(f"replaying LSH buckets: {len(remaining)} recorded call(s) were not replayed")
+
+
+@contextmanager
+def _tape(tape, replay):
+    before = getattr(_TAPE, "tape", None), getattr(_TAPE, "replay", False)
+    _TAPE.tape, _TAPE.replay = tape, replay
+    try:
+        yield tape
+    finally:
+        _TAPE.tape, _TAPE.replay = before
 
 
 @contextmanager
@@ -184,6 +219,7 @@ def keep_probabilities():
         _KEEP.on = before
 
 
+# ---- the fast path: every round and chunk at once, in blocks that fit in cache -------------------------------
 def _rows(x, rows):
     """``x[rows]`` for a 2-D block of row numbers: ``[R, ...]`` gathered by ``[n, m]`` -> ``[n, m, ...]``."""
     return x.index_select(0, rows.flatten()).unflatten(0, rows.shape)
@@ -329,11 +365,29 @@ def _prepare(qk, v, rotations, chunk_len, look_back, return_attention):
     # Hash a slice of positions at a time: with the paper's n_buckets = 2L / chunk_len all the rotated vectors
     # [b, r, L, n_buckets / 2] would take O(L^2) memory. The slices are written into one tensor made up front
     # (many small results kept alive between big temporaries would fragment the heap).
+    tape = getattr(_TAPE, "tape", None)
+    if tape is not None and _TAPE.replay:
+        return qk, v, _play(tape, (qk.shape[0], rotations.shape[0], qk.shape[1]), 2 * rotations.shape[-1]), finish
     buckets = qk.new_empty(qk.shape[0], rotations.shape[0], qk.shape[1], dtype=torch.long)  # [b, r, L]
     rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[0] * rotations.shape[2]))
     for start in range(0, qk.shape[1], rows):
         buckets[..., start : start + rows] = _hash_block(qk[:, start : start + rows], rotations)
+    if tape is not None:  # recording: in the smallest integer type that holds the ids
+        n_buckets = 2 * rotations.shape[-1]
+        tape.append(buckets.to(torch.uint8 if n_buckets <= 256 else torch.int16 if n_buckets <= 2**15 else torch.int32))
     return qk, v, buckets, finish
+
+
+def _play(tape, shape, n_buckets):
+    """The next recorded buckets, checked against the call that wants them."""
+    if not tape:
+        raise RuntimeError("replaying LSH buckets: this call was not recorded (the branch called lsh_attention more "
+                           "often than in the forward pass)")
+    buckets = tape.pop(0)
+    if tuple(buckets.shape) != shape or int(buckets.max()) >= n_buckets:
+        raise RuntimeError(f"replaying LSH buckets: recorded {tuple(buckets.shape)}, but this call hashes {shape} "
+                           f"into {n_buckets} buckets (the branch must call lsh_attention as in the forward pass)")
+    return buckets.long()
 
 
 def _hash_block(x, rotations):

@@ -17,9 +17,11 @@ memory is that of one block instead of ``n_layers`` blocks, for one extra forwar
 The recomputation must be *exact*: F and G may draw random numbers (dropout masks, LSH's random
 rotations), so the RNG state before every F and G call is recorded in the forward pass and replayed in the
 backward pass (forked, so the RNG stream outside is left as the forward pass left it). Autocast is
-re-entered with the state it had in the forward pass. Besides the output ``(y1, y2)`` the stack keeps two
-RNG states per block (the CPU generator's is 5,056 bytes, an accelerator's a few bytes), independent of
-batch and length.
+re-entered with the state it had in the forward pass. The buckets LSH attention hashed are recorded and
+played back (:func:`minireformer.lsh.recording_buckets` says why replaying its rotations is not enough).
+Besides the output ``(y1, y2)`` the stack keeps two RNG states per block (the CPU generator's is 5,056
+bytes, an accelerator's a few bytes) and, with LSH attention, each block's bucket ids (1-4 bytes per
+token, head and round).
 
 The model duplicates its input into ``(x, x)`` (:func:`duplicate`) and merges the two output halves at the
 end (:func:`merge`): averaged, as in the seed write-ups, or concatenated along the features as trax and HF
@@ -31,7 +33,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn as nn
 
-from .lsh import keep_probabilities
+from .lsh import keep_probabilities, recording_buckets, replaying_buckets
 
 
 def duplicate(x):
@@ -157,20 +159,26 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x1, x2, blocks, *params):  # grad mode is off in here: nothing inside is recorded
         ctx.blocks, ctx.states, ctx.autocast = blocks, [], AutocastState(x1.device)
+        buckets = []
         for block in blocks:
             f_state = RNGState(x1.device)
-            y1 = x1 + block.branch("f", x2)
+            with recording_buckets() as f_buckets:  # LSH attention in F: the buckets it hashed
+                y1 = x1 + block.branch("f", x2)
             g_state = RNGState(x1.device)
-            x1, x2 = y1, x2 + block.branch("g", y1)  # this block's output is the next one's input
-            ctx.states.append((f_state, g_state))
-        ctx.save_for_backward(x1, x2)  # the only activations kept: [B, L, d] twice, whatever the depth
+            with recording_buckets() as g_buckets:
+                x1, x2 = y1, x2 + block.branch("g", y1)  # this block's output is the next one's input
+            ctx.states.append((f_state, g_state, len(f_buckets), len(g_buckets)))
+            buckets += f_buckets + g_buckets
+        # The only activations kept: [B, L, d] twice, whatever the depth; and LSH's bucket ids, 1-4 bytes per
+        # token, head and round of each block (lsh.recording_buckets says why).
+        ctx.save_for_backward(x1, x2, *buckets)
         ctx.params = params
         return x1, x2
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy1, dy2):
-        y1, y2 = (y.detach() for y in ctx.saved_tensors)
+        y1, y2, *buckets = (y.detach() for y in ctx.saved_tensors)
         index = {id(p): i for i, p in enumerate(ctx.params)}  # a parameter may be shared between blocks
         grad_params = [None] * len(ctx.params)
 
@@ -178,17 +186,22 @@ class _ReversibleFunction(torch.autograd.Function):
             for i, grad in ((index[id(p)], grad) for p, grad in zip(params, grads) if grad is not None):
                 grad_params[i] = grad if grad_params[i] is None else grad_params[i] + grad
 
-        for block, (f_state, g_state) in zip(reversed(ctx.blocks), reversed(ctx.states)):
+        for block, (f_state, g_state, n_f, n_g) in zip(reversed(ctx.blocks), reversed(ctx.states)):
             f_params, g_params = _trainable(block.f), _trainable(block.g)
+            g_buckets = buckets[len(buckets) - n_g :]
+            f_buckets = buckets[len(buckets) - n_g - n_f : len(buckets) - n_g]
+            del buckets[len(buckets) - n_g - n_f :]
             with torch.enable_grad(), ctx.autocast.restore():
                 # G first: y2 = x2 + G(y1), so y1 gets dy2 through G on top of its own dy1.
-                with g_state.replay():
+                with g_state.replay(), replaying_buckets(g_buckets):
                     x2, grad_y1 = _recompute_g(block, y1, y2, dy2, g_params, accumulate)
                 del y2
                 dy1 = dy1 + grad_y1
                 # then F: y1 = x1 + F(x2), so x2 gets dy1 through F on top of dy2.
                 x2 = x2.detach().requires_grad_()
-                with f_state.replay(), keep_probabilities():  # LSH attention in F: its backward follows at once
+                # (LSH attention in F hashes as in the forward pass, and keeps its probabilities for the backward
+                # that follows at once)
+                with f_state.replay(), replaying_buckets(f_buckets), keep_probabilities():
                     f_out = block.f(x2)
                 grad_x2, grads = _vjp(f_out, x2, f_params, dy1)
                 accumulate(f_params, grads)
@@ -237,13 +250,15 @@ def reconstruction_error(blocks, x):
         x1, x2 = duplicate(x)
         for block in blocks:
             f_state = RNGState(x.device)
-            y1 = x1 + block.branch("f", x2)
+            with recording_buckets() as f_buckets:
+                y1 = x1 + block.branch("f", x2)
             g_state = RNGState(x.device)
-            x1, x2 = y1, x2 + block.branch("g", y1)
-            states.append((f_state, g_state))
-        for block, (f_state, g_state) in zip(reversed(blocks), reversed(states)):
-            with g_state.replay():
+            with recording_buckets() as g_buckets:
+                x1, x2 = y1, x2 + block.branch("g", y1)
+            states.append((f_state, g_state, f_buckets, g_buckets))
+        for block, (f_state, g_state, f_buckets, g_buckets) in zip(reversed(blocks), reversed(states)):
+            with g_state.replay(), replaying_buckets(g_buckets):
                 x2 = x2 - block.branch("g", x1)  # x2 = y2 - G(y1)
-            with f_state.replay():
+            with f_state.replay(), replaying_buckets(f_buckets):
                 x1 = x1 - block.branch("f", x2)  # x1 = y1 - F(x2)
     return max((x1 - x).abs().max().item(), (x2 - x).abs().max().item())

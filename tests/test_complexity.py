@@ -160,9 +160,12 @@ def test_measured_orderings_follow_the_table(table):
     assert peak["Reformer"] < peak["LSH Transformer"] < peak["Transformer"]
     assert peak["Reversible Transformer"] < peak["Transformer"]
     assert peak["Reformer"] < peak["Chunked Reversible Transformer"]  # LSH removes the l² term
-    # a reversible stack keeps only its output for backward: the two halves [b, l, d_model] in float32
-    for model in ("Reversible Transformer", "Chunked Reversible Transformer", "Reformer"):
-        assert table[model]["saved"] == 2 * TINY["b"] * TINY["l"] * TINY["d_model"] * 4
+    # a reversible stack keeps only its output for backward: the two halves [b, l, d_model] in float32; with
+    # LSH attention also each layer's bucket ids, one byte per token, head and round
+    halves = 2 * TINY["b"] * TINY["l"] * TINY["d_model"] * 4
+    for model in ("Reversible Transformer", "Chunked Reversible Transformer"):
+        assert table[model]["saved"] == halves
+    assert table["Reformer"]["saved"] == halves + TINY["n_l"] * TINY["b"] * TINY["n_h"] * TINY["n_r"] * TINY["l"]
     # within a small constant of the formula (counted in float32): more than one l²-sized tensor is alive at
     # the peak (scores, probabilities, their gradients), but not ten
     for row in table.values():

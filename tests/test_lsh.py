@@ -97,6 +97,28 @@ def test_kept_probabilities_give_the_same_gradients_without_recomputing(monkeypa
         torch.testing.assert_close(grad, other, rtol=1e-12, atol=1e-12)
 
 
+def test_replayed_buckets_are_the_recorded_ones_whatever_the_input():
+    qk, v, rotations = make_inputs(40, n_rounds=2, n_buckets=8, seed=11)
+    kw = dict(chunk_len=8, return_attention=True)
+    with lsh.recording_buckets() as tape:
+        _, attn = lsh_attention(qk, v, rotations, **kw)
+    assert len(tape) == 1 and tape[0].dtype == torch.uint8 and tape[0].shape == (2, 2, 40)
+    assert torch.equal(tape[0].long(), hash_vectors(qk, rotations))
+    moved = qk + 0.3 * torch.randn(qk.shape, generator=torch.Generator().manual_seed(0), dtype=qk.dtype)
+    assert not torch.equal(hash_vectors(moved, rotations), hash_vectors(qk, rotations))  # it would hash elsewhere
+    with lsh.replaying_buckets(tape):
+        _, attn_moved = lsh_attention(moved, v, rotations, **kw)
+    assert torch.equal(attn_moved > 0, attn > 0)  # the same keys: the recorded buckets, not the moved input's
+    _, attn_rehashed = lsh_attention(moved, v, rotations, **kw)
+    assert not torch.equal(attn_rehashed > 0, attn > 0)
+    with pytest.raises(RuntimeError, match="not recorded"), lsh.replaying_buckets([]):
+        lsh_attention(qk, v, rotations, chunk_len=8)
+    with pytest.raises(RuntimeError, match="hashes"), lsh.replaying_buckets(tape):
+        lsh_attention(qk[:, :32], v[:, :32], rotations, chunk_len=8)
+    with pytest.raises(RuntimeError, match="not replayed"), lsh.replaying_buckets(tape + tape):
+        lsh_attention(qk, v, rotations, chunk_len=8)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n_rounds, n_buckets", [(1, 2), (2, 8), (4, 16)])
 def test_one_chunk_across_buckets_is_full_attention(causal, n_rounds, n_buckets):

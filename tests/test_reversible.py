@@ -225,6 +225,28 @@ def test_lsh_attention_scores_each_block_as_often_as_under_ordinary_autograd(mon
     assert counts[True] == counts[False] > 0
 
 
+def test_the_recomputation_hashes_nothing_and_the_buckets_are_saved(monkeypatch):
+    # the reversible backward plays back the buckets each LSH call hashed in the forward pass (rebuilt in
+    # float32 its input differs in the last bits, enough to flip a near-tie): no hashing in backward, and the
+    # bucket ids are among the tensors saved for backward, 1 byte per token, head and round here
+    import minireformer.lsh as lsh
+
+    hashed = []
+    real_hash_block = lsh._hash_block
+    monkeypatch.setattr(lsh, "_hash_block", lambda *a: hashed.append(1) or real_hash_block(*a))
+    seq = CASES["LSH attention"]()
+    counts = {}
+    for mode in (False, True):
+        hashed.clear()
+        run(seq, x_like(), mode)
+        counts[mode] = len(hashed)
+    assert counts[True] == counts[False] > 0
+    x = x_like()
+    seq.reversible = True
+    n_ids = 3 * 2 * 2 * 2 * 37  # blocks * batch * heads * rounds * L, one byte each (n_buckets = 2 * 40 / 8)
+    assert saved_activation_bytes(lambda: seq(*duplicate(x))) == 2 * x.numel() * 8 + n_ids
+
+
 def test_no_grad_and_eval_simply_run_forward():
     seq = CASES["dropout"]().eval()
     x = x_like()
