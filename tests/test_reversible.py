@@ -207,21 +207,25 @@ def test_chunked_feed_forward_runs_chunk_by_chunk_in_the_reversible_backward():
         torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
 
 
+def lsh_calls_per_step(monkeypatch, name):
+    """How often the LSH stack calls ``minireformer.lsh.<name>`` in one step, ordinary and reversible."""
+    import minireformer.lsh as lsh
+
+    calls, real = [], getattr(lsh, name)
+    monkeypatch.setattr(lsh, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    seq, counts = CASES["LSH attention"](), {}
+    for mode in (False, True):
+        calls.clear()
+        run(seq, x_like(), mode)
+        counts[mode] = len(calls)
+    return counts
+
+
 def test_lsh_attention_scores_each_block_as_often_as_under_ordinary_autograd(monkeypatch):
     # the reversible backward recomputes F with lsh.keep_probabilities(): the recomputation's probabilities
     # serve its backward, so LSH scores each chunk twice per step (forward, recompute), as ordinary autograd
     # does (forward, backward), instead of three times
-    import minireformer.lsh as lsh
-
-    scored = []
-    real_chunk_scores = lsh.chunk_scores
-    monkeypatch.setattr(lsh, "chunk_scores", lambda *a, **kw: scored.append(1) or real_chunk_scores(*a, **kw))
-    seq = CASES["LSH attention"]()
-    counts = {}
-    for mode in (False, True):
-        scored.clear()
-        run(seq, x_like(), mode)
-        counts[mode] = len(scored)
+    counts = lsh_calls_per_step(monkeypatch, "chunk_scores")
     assert counts[True] == counts[False] > 0
 
 
@@ -229,20 +233,9 @@ def test_the_recomputation_hashes_nothing_and_the_buckets_are_saved(monkeypatch)
     # the reversible backward plays back the buckets each LSH call hashed in the forward pass (rebuilt in
     # float32 its input differs in the last bits, enough to flip a near-tie): no hashing in backward, and the
     # bucket ids are among the tensors saved for backward, 1 byte per token, head and round here
-    import minireformer.lsh as lsh
-
-    hashed = []
-    real_hash_block = lsh._hash_block
-    monkeypatch.setattr(lsh, "_hash_block", lambda *a: hashed.append(1) or real_hash_block(*a))
-    seq = CASES["LSH attention"]()
-    counts = {}
-    for mode in (False, True):
-        hashed.clear()
-        run(seq, x_like(), mode)
-        counts[mode] = len(hashed)
+    counts = lsh_calls_per_step(monkeypatch, "_hash_block")
     assert counts[True] == counts[False] > 0
-    x = x_like()
-    seq.reversible = True
+    seq, x = CASES["LSH attention"](), x_like()
     n_ids = 3 * 2 * 2 * 2 * 37  # blocks * batch * heads * rounds * L, one byte each (n_buckets = 2 * 40 / 8)
     assert saved_activation_bytes(lambda: seq(*duplicate(x))) == 2 * x.numel() * 8 + n_ids
 
