@@ -153,8 +153,9 @@ def _recompute_g(block, y1, y2, dy2, params, accumulate):
 
 
 class _ReversibleFunction(torch.autograd.Function):
-    """The blocks as one autograd node that saves only the final ``(y1, y2)``. The parameters are inputs too,
-    so their gradients flow (and the node is recorded) even when ``x1, x2`` do not require grad."""
+    """The blocks as one autograd node that saves only the final ``(y1, y2)`` (and LSH attention's bucket ids).
+    The parameters are inputs too, so their gradients flow (and the node is recorded) even when ``x1, x2`` do
+    not require grad."""
 
     @staticmethod
     def forward(ctx, x1, x2, blocks, *params):  # grad mode is off in here: nothing inside is recorded
@@ -242,7 +243,8 @@ class ReversibleSequence(nn.Module):
 def reconstruction_error(blocks, x):
     """How exactly the blocks' inverses rebuild the input: ``x [B, L, d]`` is duplicated, run forward through
     ``blocks`` (a :class:`ReversibleSequence` or a list of :class:`RevBlock` s) and rebuilt from the output by
-    the inverses in reverse order, with each f and g call's RNG state replayed as in the reversible backward.
+    the inverses in reverse order, with each f and g call's RNG state (and LSH buckets) replayed as in the
+    reversible backward.
     Returns the largest ``|x - rebuilt|`` over both halves (a float; 0 up to rounding). No gradients."""
     blocks = list(blocks.blocks if isinstance(blocks, ReversibleSequence) else blocks)
     states = []
