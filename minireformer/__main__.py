@@ -7,7 +7,8 @@
     eval      evaluate a checkpoint, as trained or with another attention (full, LSH with K rounds)
     duplication  the paper's Table 2: train with full/LSH-1/2/4 attention, evaluate with full/LSH-8/4/2/1
     longseq   lesson 07: byte-level LM curves (Reformer vs Transformer, Figure 3), memory and speed vs length
-    bench     timings and peak memory: `bench attention` (one layer, Figure 5), `bench reversible` (depth);
+    bench     timings and peak memory: `bench attention` (one layer, Figure 5), `bench reversible` (depth),
+              `bench buckets` (float32 rebuilt inputs, LSH buckets replayed or hashed again);
               --compare: beside HF transformers' and reformer-pytorch's (the optional compare extra)
 """
 
@@ -122,7 +123,7 @@ def main(argv=None):
         "duplication": experiments.add_duplication_arguments(
             commands.add_parser("duplication", help="the paper's Table 2 (duplication task), beside the paper's")),
         "longseq": longseq.add_arguments(commands.add_parser("longseq", help="lesson 07: long-sequence experiments")),
-        "bench": bench.add_arguments(commands.add_parser("bench", help="benchmarks: bench attention | bench reversible")),
+        "bench": bench.add_arguments(commands.add_parser("bench", help="benchmarks: bench attention | bench reversible | bench buckets")),
     }
     args = parser.parse_args(argv)
     if args.command == "figures":

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m minireformer bench attention | reversible`` (a command, not a test: timings vary).
+"""Benchmarks: ``python -m minireformer bench attention | reversible | buckets`` (a command, not a test).
 
 - ``attention``: forward + backward of ONE self-attention layer (d_model 256, 4 heads of 64, chunk 64) for
   LSH attention with 1/2/4/8 rounds, shared-QK full attention and PyTorch's fused dense attention (SDPA),
@@ -7,6 +7,8 @@
 - ``reversible``: a training step (forward + backward) of n blocks ``RevBlock(f = LSH attention, g =
   feed-forward d_ff 1024)``, ordinary vs reversible residuals, with and without chunked feed-forward; the
   peak with and without the parameters' gradients (those grow with depth in any stack).
+- ``buckets``: 12 of those blocks in float32 rebuild their input from their output, with the LSH buckets of
+  the forward pass played back or hashed again from the rebuilt inputs (lesson 03, "The buckets are recorded").
 
 ``compare=True`` (the optional ``compare`` extra: ``pip install -c constraints.txt -e '.[compare]'``) also
 runs HF transformers' Reformer ``LSHSelfAttention`` and reformer-pytorch's ``LSHSelfAttention`` /
@@ -303,10 +305,33 @@ def bench_reversible(depths=DEPTHS, *, length=4096, batch=1, ff_chunk=512, repea
     return rows, notes
 
 
+def bench_bucket_replay(seeds=range(12), *, n_blocks=12, length=4096, device="auto"):
+    """Why the reversible backward records LSH buckets: ``n_blocks`` reversible blocks (as in ``reversible``,
+    float32) run forward on ``x ~ N(0, 1) [1, length, d_model]`` and rebuild their input block by block
+    (:func:`minireformer.reversible.reconstruction_error`), once playing the recorded buckets back and once
+    hashing the rebuilt inputs again. Returns one row per seed: the largest ``|x - rebuilt|`` both ways."""
+    from .reversible import reconstruction_error
+
+    device = pick_device(device)
+    torch.manual_seed(0)  # the blocks' parameters
+    sequence = reversible_stack(n_blocks, reversible=True, ff_chunk=512).sequence.to(device)
+    rows = []
+    for seed in seeds:
+        x = torch.randn(1, length, D_MODEL, generator=torch.Generator().manual_seed(seed)).to(device)
+        errors = []
+        for replay in (True, False):
+            torch.manual_seed(seed)  # the same rotations both ways
+            errors.append(reconstruction_error(sequence, x, replay_buckets=replay))
+        rows.append(dict(seed=seed, n_blocks=n_blocks, length=length, replayed=f"{errors[0]:.1e}",
+                         rehashed=f"{errors[1]:.1e}"))
+    return rows
+
+
 # ---- printing ---------------------------------------------------------------------------------------------
-COLUMNS = {"model": "model", "length": "L", "batch": "batch", "n_blocks": "blocks", "step_s": "s/step",
+COLUMNS = {"seed": "seed", "model": "model", "length": "L", "batch": "batch", "n_blocks": "blocks", "step_s": "s/step",
            "token_us": "µs/token", "peak_mb": "peak MiB", "act_mb": "without param. grads MiB", "ratio": "rev/ord",
-           "vs_best": "vs faster reference", "skipped": "note"}
+           "vs_best": "vs faster reference", "skipped": "note",
+           "replayed": "max |x - rebuilt|, buckets replayed", "rehashed": "max |x - rebuilt|, hashed again"}
 
 
 def format_table(rows):
@@ -360,14 +385,15 @@ def _ints(text):
 
 def add_arguments(parser):
     """Arguments of ``python -m minireformer bench``."""
-    parser.add_argument("what", choices=["attention", "reversible"], help="which benchmark")
+    parser.add_argument("what", choices=["attention", "reversible", "buckets"],
+                        help="which benchmark (buckets: the rebuilt input with LSH buckets replayed or hashed again)")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)),
                         help="attention: sequence lengths, each dividing --total-tokens (default 1K..32K)")
     parser.add_argument("--total-tokens", type=int, default=TOTAL_TOKENS, help="attention: tokens per step (32768)")
     parser.add_argument("--rounds", default=",".join(map(str, ROUNDS)), help="attention: LSH rounds (1,2,4,8)")
     parser.add_argument("--depths", default=",".join(map(str, DEPTHS)), help="reversible: numbers of blocks")
     parser.add_argument("--length", type=int, default=None,
-                        help="reversible: L (default 4096); attention --compare: L (default 16384, batch 1)")
+                        help="reversible, buckets: L (default 4096); attention --compare: L (default 16384, batch 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up (median)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
     parser.add_argument("--compare", action="store_true",
@@ -384,15 +410,16 @@ def from_args(args, parser):
         if args.what == "attention":
             lengths, rounds = _ints(args.lengths), _ints(args.rounds)
             check_lengths(lengths, args.total_tokens)
-        else:
+        elif args.what == "reversible":
             depths = _ints(args.depths)
         device = pick_device(args.device)
     except (ValueError, RuntimeError) as error:
         parser.error(str(error))
     from tqdm import tqdm
 
-    print(f"machine: {machine()}; median of {args.repeats} steps after a warm-up; peak = extra memory during one "
-          f"step (minireformer.memory.peak_memory)")
+    timing = (f"; median of {args.repeats} steps after a warm-up; peak = extra memory during one step "
+              f"(minireformer.memory.peak_memory)") if args.what != "buckets" else ""
+    print(f"machine: {machine()}{timing}")
     if args.what == "attention":
         with tqdm(desc="bench attention", unit="layer") as bar:
             rows = bench_attention(lengths, rounds, total_tokens=args.total_tokens, repeats=args.repeats, device=device,
@@ -417,6 +444,11 @@ def from_args(args, parser):
 
             plot_bench_attention(rows, title=machine()).savefig(args.figure, dpi=100)
             print(f"figure: {args.figure}")
+    elif args.what == "buckets":
+        rows = bench_bucket_replay(tqdm(range(12), desc="bench buckets", unit="seed"), length=args.length or 4096,
+                                   device=device)
+        print("\nReversible blocks in float32 rebuild their input from the output (12 blocks, LSH-4), per seed:")
+        print(format_table(rows))
     else:
         with tqdm(desc="bench reversible", unit="depth") as bar:
             rows, notes = bench_reversible(depths, length=args.length or 4096, repeats=args.repeats, device=device,

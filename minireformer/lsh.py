@@ -319,9 +319,9 @@ class _ChunkedAttention(torch.autograd.Function):
             # so delta - dlse = w_r * (dOut . out), and the per-round outputs are not needed at all.
             dots = (grad_out * out).sum(-1)  # [b * Lp]
             for i, block in enumerate(plan.blocks):
-                if ctx.probs:
-                    q_block, k_block, v_block = (_rows(x, rows) for x, rows in
-                                                 ((q, plan.q_rows[block]), (k, plan.k_rows[block]), (v, plan.k_rows[block])))
+                if ctx.probs:  # kept by the forward pass: only the vectors are gathered again
+                    keys = plan.k_rows[block]
+                    q_block, k_block, v_block = _rows(q, plan.q_rows[block]), _rows(k, keys), _rows(v, keys)
                     probs, ctx.probs[i] = ctx.probs[i], None  # [n, c, w], freed once used
                 else:
                     q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)

@@ -28,7 +28,7 @@ end (:func:`merge`): averaged, as in the seed write-ups, or concatenated along t
 do (``mode="concat"``, output ``[B, L, 2 d_model]``).
 """
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -240,12 +240,13 @@ class ReversibleSequence(nn.Module):
         return _ReversibleFunction.apply(x1, x2, list(self.blocks), *params)
 
 
-def reconstruction_error(blocks, x):
+def reconstruction_error(blocks, x, *, replay_buckets=True):
     """How exactly the blocks' inverses rebuild the input: ``x [B, L, d]`` is duplicated, run forward through
     ``blocks`` (a :class:`ReversibleSequence` or a list of :class:`RevBlock` s) and rebuilt from the output by
     the inverses in reverse order, with each f and g call's RNG state (and LSH buckets) replayed as in the
-    reversible backward.
-    Returns the largest ``|x - rebuilt|`` over both halves (a float; 0 up to rounding). No gradients."""
+    reversible backward (``replay_buckets=False``: LSH attention hashes the rebuilt inputs again instead, as
+    the reversible backward did before it recorded buckets). Returns the largest ``|x - rebuilt|`` over both
+    halves (a float; 0 up to rounding). No gradients."""
     blocks = list(blocks.blocks if isinstance(blocks, ReversibleSequence) else blocks)
     states = []
     with torch.no_grad():
@@ -259,8 +260,8 @@ def reconstruction_error(blocks, x):
                 x1, x2 = y1, x2 + block.branch("g", y1)
             states.append((f_state, g_state, f_buckets, g_buckets))
         for block, (f_state, g_state, f_buckets, g_buckets) in zip(reversed(blocks), reversed(states)):
-            with g_state.replay(), replaying_buckets(g_buckets):
+            with g_state.replay(), replaying_buckets(g_buckets) if replay_buckets else nullcontext():
                 x2 = x2 - block.branch("g", x1)  # x2 = y2 - G(y1)
-            with f_state.replay(), replaying_buckets(f_buckets):
+            with f_state.replay(), replaying_buckets(f_buckets) if replay_buckets else nullcontext():
                 x1 = x1 - block.branch("f", x2)  # x1 = y1 - F(x2)
     return max((x1 - x).abs().max().item(), (x2 - x).abs().max().item())

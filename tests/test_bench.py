@@ -57,6 +57,18 @@ def test_fast_hash_equals_hash_vectors():
     assert torch.equal(lsh._hash_block(x, rotations), buckets)
 
 
+def test_bucket_replay_rows(monkeypatch):
+    hashed = []
+    real_hash_block = lsh._hash_block
+    monkeypatch.setattr(lsh, "_hash_block", lambda *a: hashed.append(1) or real_hash_block(*a))
+    rows = bench.bench_bucket_replay((0, 1), n_blocks=2, length=128, device="cpu")
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["n_blocks"] == 2 and r["length"] == 128 for r in rows)
+    assert all(float(r["replayed"]) < 1e-5 and float(r["rehashed"]) >= 0 for r in rows)
+    # per seed: 2 blocks hash in the forward pass twice (both ways), and again only when not replayed
+    assert len(hashed) == 2 * (2 + 2 + 2)
+    assert "hashed again" in bench.format_table(rows)
+
+
 def test_bad_lengths_are_rejected():
     with pytest.raises(ValueError, match="divide total_tokens"):
         bench.bench_attention((300,), (1,), total_tokens=1024)
