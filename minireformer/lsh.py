@@ -52,8 +52,10 @@ import torch.nn.functional as F
 from minireformer.hashing import hash_vectors
 
 SELF_BIAS = 1e5  # the paper's m_ii: attend to yourself only when there is nobody else
-BLOCK_SCORES = 1 << 19  # the fast path works on blocks of chunks holding about this many scores (CPU: cache)
+BLOCK_SCORES = 1 << 20  # the fast path works on blocks of chunks holding about this many scores (CPU)
 BLOCK_SCORES_ACCELERATOR = 1 << 24  # on a GPU: big blocks, few kernel launches
+MIN_BLOCKS = 4
+NORM_EPS = 1e-12  # keys are q / max(|q|, eps), F.normalize's default
 HASH_BLOCK = 1 << 20  # and hashes blocks of positions with about this many rotated coordinates
 
 
@@ -226,8 +228,9 @@ def _rows(x, rows):
 
 
 class _Plan:
-    """The integer bookkeeping of one call: for each sorted chunk (all batches and rounds flattened to N
-    chunks), which input rows are its queries and its window of keys, with their positions and buckets."""
+    """The integer bookkeeping of one call: for each sorted chunk (all rounds and batches flattened to N
+    chunks, round by round), which input rows are its queries and its window of keys, with their positions
+    and buckets; and how to put each round's outputs back in the original order."""
 
     def __init__(self, buckets, *, length, chunk_len, look_back, causal, same_bucket_only, dedup):
         b, n_rounds, padded = buckets.shape  # [b, r, Lp]
@@ -236,26 +239,33 @@ class _Plan:
         self.mask_args = dict(length=length, causal=causal, same_bucket_only=same_bucket_only)
         self.look_back, self.same_bucket_only = look_back, same_bucket_only
         sticker, undo = sort_by_bucket(buckets)  # [b, r, Lp]
-        batch = torch.arange(b, device=buckets.device).view(b, 1, 1)
-        rows = sticker + padded * batch  # rows of the [b * Lp, d] inputs, in sorted order
-        rounds = torch.arange(n_rounds, device=buckets.device).view(1, n_rounds, 1)
-        out_rows = rows * n_rounds + rounds  # rows of the [b * Lp * r, d] per-round outputs
+        offset = padded * torch.arange(b, device=buckets.device).view(b, 1, 1)
+        rows = sticker + offset  # rows of the [b * Lp, d] inputs, in sorted order
+        # round by round: each round's outputs [b * Lp, d] in sorted order, and where each (batch, position) is there
+        self.sorted_rows, self.unsort_rows = rows.transpose(0, 1).flatten(1), (undo + offset).transpose(0, 1).flatten(1)
 
-        def chunks(x):  # [b, r, Lp] -> [N, c]
-            return split_chunks(x, chunk_len).flatten(0, 2)
+        def chunks(x):  # [b, r, Lp] -> [N, c], round-major
+            return split_chunks(x.transpose(0, 1), chunk_len).flatten(0, 2)
 
         def windows(x):  # [b, r, Lp] -> [N, w]
-            return look_back_chunks(split_chunks(x, chunk_len), look_back).flatten(0, 2)
+            return look_back_chunks(split_chunks(x.transpose(0, 1), chunk_len), look_back).flatten(0, 2)
 
         sorted_buckets = buckets.gather(-1, sticker)
-        self.q_rows, self.k_rows, self.out_rows = chunks(rows), windows(rows), chunks(out_rows)
+        self.q_rows, self.k_rows = chunks(rows), windows(rows)
         self.q_pos, self.k_pos = chunks(sticker), windows(sticker)
         self.q_buckets, self.k_buckets = chunks(sorted_buckets), windows(sorted_buckets)
         # for dedup: chunk and bucket of every input row in every round, [b * Lp, r] each
         self.met = [(undo // chunk_len).mT.flatten(0, 1), buckets.mT.flatten(0, 1)] if dedup else None
         budget = BLOCK_SCORES if buckets.device.type == "cpu" else BLOCK_SCORES_ACCELERATOR
-        per_block = max(1, budget // (chunk_len * self.k_pos.shape[-1]))
-        self.blocks = [slice(s, s + per_block) for s in range(0, self.q_rows.shape[0], per_block)]
+        # blocks of chunks within one round; at least MIN_BLOCKS of them, so that even for short sequences a
+        # block's temporaries stay a small part of what the whole [b, r, L, w] scores would take
+        per_round = b * self.n_chunks
+        per_block = max(1, min(budget // (chunk_len * self.k_pos.shape[-1]), -(-per_round * n_rounds // MIN_BLOCKS)))
+        self.blocks = []  # (round, a block of its chunks as rows of N, the same chunks counted within the round)
+        for r in range(n_rounds):
+            for start in range(0, per_round, per_block):
+                stop = min(start + per_block, per_round)
+                self.blocks.append((r, slice(r * per_round + start, r * per_round + stop), slice(start, stop)))
 
     def gather(self, q, k, v, block):
         """One block of sorted query chunks ``[n, c, d]``, their key/value windows ``[n, w, d]``, the mask, N_ij."""
@@ -271,12 +281,12 @@ class _Plan:
 
     def dense(self, q, k, v, weights):
         """The ``[b, L, L]`` attention weights, each round's probabilities times its combination weight
-        (``weights [b * Lp * r]``), scattered back to original positions. Only for small L."""
+        (``weights [N, c]``, in sorted order), scattered back to original positions. Only for small L."""
         attn = q.new_zeros(q.shape[0] * self.padded)  # [b * Lp * Lp]
-        for block in self.blocks:
+        for _, block, _ in self.blocks:
             q_block, k_block, _, allowed, counts = self.gather(q, k, v, block)
             probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
-            probs = probs * _rows(weights, self.out_rows[block]).unsqueeze(-1)
+            probs = probs * weights[block].unsqueeze(-1)
             cells = self.q_rows[block].unsqueeze(-1) * self.padded + self.k_pos[block].unsqueeze(-2)  # [n, c, w]
             attn.index_add_(0, cells.flatten(), probs.flatten())
         return attn.view(self.batch, self.padded, self.padded)[:, : self.length, : self.length]
@@ -290,27 +300,35 @@ class _ChunkedAttention(torch.autograd.Function):
     with ``keep=True``, see :func:`keep_probabilities`: then each block's probabilities are kept.)"""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan, keep):  # q, k, v [b * Lp, d] -> out [b * Lp, d], weights [b * Lp * r]
-        o, lse = q.new_empty(plan.out_rows.numel(), v.shape[-1]), q.new_empty(plan.out_rows.numel())
+    def forward(ctx, q, v, plan, keep):  # q (= qk), v [b * Lp, d] -> out [b * Lp, d], round weights [N, c]
+        norm = q.norm(dim=-1, keepdim=True).clamp_min_(NORM_EPS)  # keys k = q / |q|, as F.normalize
+        k = q / norm
+        # each round's outputs in its sorted order, [b * n_chunks, c, d]: one tensor per round, not one for all,
+        # since a tensor that large comes fresh from the operating system (page faults) on every call
+        o = [q.new_empty(plan.batch * plan.n_chunks, plan.q_rows.shape[-1], v.shape[-1]) for _ in range(plan.n_rounds)]
+        lse = q.new_empty(plan.q_rows.shape)  # [N, c]
         ctx.probs = [] if keep else None
-        for block in plan.blocks:
+        for r, block, local in plan.blocks:
             q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
             out, block_lse, probs = attend(q_block, k_block, v_block, allowed, counts=counts)  # [n, c, d], [n, c]
             if keep:
                 ctx.probs.append(probs)
-            o.index_copy_(0, plan.out_rows[block].flatten(), out.flatten(0, 1))
-            lse.index_copy_(0, plan.out_rows[block].flatten(), block_lse.flatten())
-        shape = (plan.batch, plan.padded, plan.n_rounds)
-        o, lse = o.view(*shape, v.shape[-1]).transpose(1, 2), lse.view(shape).transpose(1, 2)  # [b, r, Lp, (d)]
-        out, weights = combine_rounds(o, lse).flatten(0, 1), lse.softmax(dim=1).transpose(1, 2).flatten()
+            o[r][local], lse[block] = out, block_lse
+        # combine_rounds, a round at a time in the original order: out = sum_r softmax_r(lse)_r * o_r
+        lse = lse.view(plan.n_rounds, -1).gather(1, plan.unsort_rows)  # [r, b * Lp]
+        weights = lse.softmax(dim=0)
+        out = torch.zeros_like(q)
+        for r, o_r in enumerate(o):
+            out.addcmul_(o_r.flatten(0, 1).index_select(0, plan.unsort_rows[r]), weights[r].unsqueeze(-1))
+        weights = weights.gather(1, plan.sorted_rows).view(plan.q_rows.shape)  # [N, c], as the blocks see them
         ctx.mark_non_differentiable(weights)
-        ctx.save_for_backward(q, k, v, out, weights)
+        ctx.save_for_backward(q, k, v, norm, out, weights)
         ctx.plan = plan
         return out, weights
 
     @staticmethod
     def backward(ctx, grad_out, _):
-        q, k, v, out, weights = ctx.saved_tensors
+        q, k, v, norm, out, weights = ctx.saved_tensors
         plan, scale = ctx.plan, q.shape[-1] ** -0.5
         grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         with torch.autocast(q.device.type, enabled=False):
@@ -318,7 +336,7 @@ class _ChunkedAttention(torch.autograd.Function):
             # delta = dO . o_r and, through the combination weights, dlse = w_r * (dOut . o_r - dOut . out):
             # so delta - dlse = w_r * (dOut . out), and the per-round outputs are not needed at all.
             dots = (grad_out * out).sum(-1)  # [b * Lp]
-            for i, block in enumerate(plan.blocks):
+            for i, (_, block, _) in enumerate(plan.blocks):
                 if ctx.probs:  # kept by the forward pass: only the vectors are gathered again
                     keys = plan.k_rows[block]
                     q_block, k_block, v_block = _rows(q, plan.q_rows[block]), _rows(k, keys), _rows(v, keys)
@@ -326,14 +344,18 @@ class _ChunkedAttention(torch.autograd.Function):
                 else:
                     q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
                     probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
-                w = _rows(weights, plan.out_rows[block]).unsqueeze(-1)  # [n, c, 1]
+                w = weights[block].unsqueeze(-1)  # [n, c, 1]
                 q_rows, k_rows = plan.q_rows[block], plan.k_rows[block].flatten()
                 grad_o = _rows(grad_out, q_rows) * w  # [n, c, d]
-                grad_s = (grad_o @ v_block.mT).sub_(_rows(dots, q_rows).unsqueeze(-1) * w).mul_(probs)
-                grad_q.index_add_(0, q_rows.flatten(), (grad_s @ k_block).flatten(0, 1), alpha=scale)
-                grad_k.index_add_(0, k_rows, (grad_s.mT @ q_block).flatten(0, 1), alpha=scale)
+                # dS / sqrt(d), scaled here: index_add_ with alpha is several times slower than without
+                grad_s = ((grad_o * scale) @ v_block.mT).sub_(_rows(dots, q_rows).unsqueeze(-1) * (w * scale))
+                grad_s.mul_(probs)  # [n, c, w]
+                grad_q.index_add_(0, q_rows.flatten(), (grad_s @ k_block).flatten(0, 1))
+                grad_k.index_add_(0, k_rows, (grad_s.mT @ q_block).flatten(0, 1))
                 grad_v.index_add_(0, k_rows, (probs.mT @ grad_o).flatten(0, 1))
-        return grad_q, grad_k, grad_v, None, None
+            # the keys' gradient through k = q / |q|: (dk - k (k . dk)) / |q| (one pass, not autograd's five)
+            grad_q += grad_k.sub_(k * (k * grad_k).sum(-1, keepdim=True)).div_(norm)
+        return grad_q, grad_v, None, None
 
 
 def _prepare(qk, v, rotations, chunk_len, look_back, return_attention):
@@ -398,17 +420,20 @@ def _hash_block(x, rotations):
     pass over twice the numbers; instead take the largest and the smallest value of ``xR`` (max *values*
     are fast reductions; a max with indices is several times slower), keep whichever is larger in size,
     and find where it first occurs. Ties go to the ``+xR`` half and to the first index, as argmax's do, so
-    the buckets are exactly ``hash_vectors``' (tests/test_bench.py checks it, ties included).
+    the buckets are exactly ``hash_vectors``' (tests/test_bench.py checks it, ties included). All rounds
+    are one matrix product, ``[b * l, d] @ [d, r * n_buckets / 2]``, reduced in the layout it comes out in.
     """
-    half = rotations.shape[-1]
+    (b, l, d), (n_rounds, _, half) = x.shape, rotations.shape
     if x.dtype != rotations.dtype or x.device != rotations.device:
         return hash_vectors(x, rotations)  # let hash_vectors explain the mismatch / cast
     with torch.no_grad():  # integers come out: nothing to record
-        rotated = torch.einsum("bld,rdn->brln", x, rotations)  # [b, r, l, n_buckets / 2]
-        top, bottom = rotated.amax(dim=-1), rotated.amin(dim=-1)
+        rotated = (x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half))
+        rotated = rotated.view(b, l, n_rounds, half)
+        top, bottom = rotated.amax(dim=-1), rotated.amin(dim=-1)  # [b, l, r]
         upper = top >= -bottom  # the winner of argmax([xR; -xR]) is in the +xR half
-        first = (rotated == torch.where(upper, top, bottom).unsqueeze(-1)).byte().argmax(dim=-1)
-        return torch.where(upper, first, first + half)
+        hits = rotated == torch.where(upper, top, bottom).unsqueeze(-1)
+        first = hits.view(torch.uint8).argmax(dim=-1)  # the same bytes read as integers: argmax takes no bools
+        return torch.where(upper, first, first + half).transpose(1, 2)
 
 
 def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
@@ -433,14 +458,14 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
         def pad(x):  # [b, L, d] -> [b * Lp, d]
             return (F.pad(x, (0, 0, 0, padded - length)) if padded > length else x).flatten(0, 1)
 
-        q, k, v = pad(qk), pad(F.normalize(qk, dim=-1)), pad(v)
+        q, v = pad(qk), pad(v)
         keep = getattr(_KEEP, "on", False) and torch.is_grad_enabled()
-        out, weights = _ChunkedAttention.apply(q, k, v, plan, keep)  # [b * Lp, d], [b * Lp * r]
+        out, weights = _ChunkedAttention.apply(q, v, plan, keep)  # [b * Lp, d], [N, c]
         out = out.view(b, padded, d)[:, :length]  # [b, L, d]
         attn = None
         if return_attention:
             with torch.no_grad():
-                attn = plan.dense(q, k, v, weights)
+                attn = plan.dense(q, F.normalize(q, dim=-1, eps=NORM_EPS), v, weights)
     return finish(out, attn)
 
 

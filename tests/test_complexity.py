@@ -201,7 +201,13 @@ def test_chunking_removes_d_ff():
                           "d_ff", widths, **TINY)
     ratio = {m: b / a for m, (a, b) in peak.items()}
     assert ratio["Reversible Transformer"] >= 2 and ratio["LSH Transformer"] >= 2
-    assert ratio["Chunked Reversible Transformer"] <= 1.05 and ratio["Reformer"] <= 1.2
+    assert ratio["Chunked Reversible Transformer"] <= 1.05
+    # the peak is the larger of the attention's and the feed-forward's working sets (Table 3's max); where the
+    # LSH attention's is small, what grows with d_ff is a few chunks' hidden activations, b * ff_chunk * d_ff
+    # numbers, not the b * l * d_ff of the unchunked models
+    chunk_bytes = TINY["b"] * TINY["ff_chunk_size"] * (widths[1] - widths[0]) * 4
+    assert peak["Reformer"][1] - peak["Reformer"][0] <= 4 * chunk_bytes
+    assert peak["LSH Transformer"][1] - peak["LSH Transformer"][0] > 4 * TINY["l"] / TINY["ff_chunk_size"] * chunk_bytes
 
 
 def test_measure_variant_times_when_asked():
