@@ -193,16 +193,18 @@ def _version(package):
     return version(package)
 
 
-def _interleaved(entries, x, repeats, device):
-    """Time several modules on the same input, one step of each in turn (so background load hits all)."""
-    steps = {name: _train_step(module, x) for name, module in entries}
+def _interleaved(entries, repeats, device, peak=True):
+    """Time several ``(name, module, input)`` steps, one step of each in turn (so background load hits all).
+    ``{name: (median seconds, peak bytes or None, every time)}``."""
+    steps = {name: _train_step(module, x) for name, module, x in entries}
     for step in steps.values():
         step()  # warm-up
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
             times[name] += _timings(step, 1, device, warmup=False)
-    return {name: (statistics.median(t), peak_memory(steps[name], device=device)) for name, t in times.items()}
+    return {name: (statistics.median(t), peak_memory(steps[name], device=device) if peak else None, t)
+            for name, t in times.items()}
 
 
 def compare_attention(length=16384, *, batch=1, n_rounds=4, repeats=3, device="auto", seed=0):
@@ -225,9 +227,9 @@ def compare_attention(length=16384, *, batch=1, n_rounds=4, repeats=3, device="a
         notes.append(f"{name}: {note}")
         if module is not None:
             entries.append((name, module.to(device).train()))
-    results = _interleaved(entries, x, repeats, device)
+    results = _interleaved([(name, module, x) for name, module in entries], repeats, device)
     rows = [dict(model=name, length=length, batch=batch, step_s=s, token_us=s / (batch * length) * 1e6,
-                 peak_mb=peak / 2**20) for name, (s, peak) in results.items()]
+                 peak_mb=peak / 2**20) for name, (s, peak, _) in results.items()]
     references = [row for row in rows if not row["model"].startswith("minireformer")]
     if references:
         best = min(references, key=lambda r: r["step_s"])
@@ -293,9 +295,9 @@ def bench_reversible(depths=DEPTHS, *, length=4096, batch=1, ff_chunk=512, repea
             entries.append((name, module.to(device).train()))
         if progress:
             progress(f"{n} blocks")
-        results = _interleaved(entries, x, repeats, device)
+        results = _interleaved([(name, module, x) for name, module in entries], repeats, device)
         modules = dict(entries)
-        for name, (seconds, peak) in results.items():
+        for name, (seconds, peak, _) in results.items():
             rows.append(dict(model=name, n_blocks=n, step_s=seconds, peak_mb=peak / 2**20,
                              act_mb=activation_peak(modules[name], x) / 2**20))
         for row in rows[-len(results):]:
@@ -366,6 +368,22 @@ def scaling(rows, model="LSH-4", short=4096, long=32768):
     return per[long] / per[short] if short in per and long in per else None
 
 
+def scaling_interleaved(short=4096, long=32768, *, n_rounds=4, total_tokens=TOTAL_TOKENS, repeats=5, device="auto",
+                        seed=0):
+    """Time per token at ``long`` over that at ``short`` for LSH-``n_rounds``, the two lengths' steps taken in
+    turn (same tokens per step: batch = total_tokens / L), so that a machine's drift between the rows of a
+    sweep does not enter the ratio: the median of the ``repeats`` pairs' ratios."""
+    device = pick_device(device)
+    check_lengths([short, long], total_tokens)
+    entries = []
+    for length in (short, long):
+        torch.manual_seed(seed)
+        x = torch.randn(total_tokens // length, length, D_MODEL, device=device, requires_grad=True)
+        entries.append((length, attention_layer("lsh", n_rounds=n_rounds).to(device), x))
+    times = _interleaved(entries, repeats, device, peak=False)
+    return statistics.median(b / a for a, b in zip(times[short][2], times[long][2]))
+
+
 def memory_growth(rows, model):
     """``(peak memory ratio, length ratio)`` of the longest to the shortest length measured for ``model``."""
     measured = sorted((r["length"], r["peak_mb"]) for r in rows if r["model"] == model and "peak_mb" in r)
@@ -429,7 +447,9 @@ def from_args(args, parser):
         print(format_table(rows))
         ratio = scaling(rows)
         if ratio is not None:
-            print(f"LSH-4 time per token at 32K / at 4K: {ratio:.2f}x")
+            print(f"LSH-4 time per token at 32K / at 4K: {ratio:.2f}x in the table above; with the two lengths' "
+                  f"steps taken in turn ({args.repeats + 2} pairs, median): "
+                  f"{scaling_interleaved(repeats=args.repeats + 2, total_tokens=args.total_tokens, device=device):.2f}x")
         beats = [r["length"] for r in rows if r["model"] == "LSH-4" and "step_s" in r
                  and any(s["model"] == "dense SDPA" and s["length"] == r["length"] and s["step_s"] > r["step_s"]
                          for s in rows)]

@@ -354,7 +354,8 @@ class _ChunkedAttention(torch.autograd.Function):
                 grad_k.index_add_(0, k_rows, (grad_s.mT @ q_block).flatten(0, 1))
                 grad_v.index_add_(0, k_rows, (probs.mT @ grad_o).flatten(0, 1))
             # the keys' gradient through k = q / |q|: (dk - k (k . dk)) / |q| (one pass, not autograd's five)
-            grad_q += grad_k.sub_(k * (k * grad_k).sum(-1, keepdim=True)).div_(norm)
+            grad_k.addcmul_(k, torch.linalg.vecdot(k, grad_k).unsqueeze(-1), value=-1)  # in place: no [b * Lp, d]
+            grad_q.addcdiv_(grad_k, norm)  # temporaries (each that large would come with page faults)
         return grad_q, grad_v, None, None
 
 

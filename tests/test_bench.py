@@ -83,6 +83,22 @@ def test_cli_prints_the_table(capsys):
     assert "| LSH-2 | 128 | 2 |" in out and "| dense SDPA | 256 | 1 |" in out
 
 
+def test_scaling_interleaves_equal_token_steps(monkeypatch):
+    seen = {}
+
+    def fake(entries, repeats, device, peak=True):
+        seen.update({length: tuple(x.shape) for length, _, x in entries})
+        times = {256: [1.0, 2.0, 1.0], 1024: [1.5, 2.0, 1.1]}  # pair ratios 1.5, 1.0, 1.1
+        return {length: (None, None, times[length]) for length, _, _ in entries}
+
+    monkeypatch.setattr(bench, "_interleaved", fake)
+    ratio = bench.scaling_interleaved(256, 1024, total_tokens=1024, repeats=3, device="cpu")
+    assert ratio == pytest.approx(1.1)  # the median pair, not the ratio of medians (1.5 / 1.0)
+    assert seen == {256: (4, 256, bench.D_MODEL), 1024: (1, 1024, bench.D_MODEL)}
+    with pytest.raises(ValueError, match="divide total_tokens"):
+        bench.scaling_interleaved(300, 1024, total_tokens=1024)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bench", "attention", "--lengths", "300", "--total-tokens", "1024"], "divide total_tokens"),
     (["bench", "attention", "--rounds", "two"], "comma-separated integers"),
