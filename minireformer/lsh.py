@@ -30,12 +30,13 @@ Choices the paper leaves open:
   so the -1e5 self bias and the mask never overflow; the output is cast back to the input dtype.
 
 The steps below are small functions a lesson can call one at a time (pad, sort, chunk, look back, mask,
-attend, unsort, combine); :func:`lsh_attention` runs them for all rounds and chunks at once (rounds and
-chunks are tensor dims, gathered by index) in blocks of chunks that fit in cache, and a custom backward
-recomputes each block's probabilities instead of storing them: backward keeps O(b * L * d), the forward
-peak is O(b * n_rounds * L * d) (each round's output) beside one block. Where a backward follows its forward
-at once, one layer at a time (the reversible backward), :func:`keep_probabilities` trades one layer's
-``[b, r, L, w]`` probabilities for that recomputation. :func:`lsh_attention_reference` is the slow twin: explicit ``[L, L]`` masks and a dense softmax.
+attend, unsort, combine); :func:`lsh_attention` runs them round by round on blocks of chunks at once
+(chunks are a tensor dim, gathered by index; a block holds about ``BLOCK_SCORES`` scores), and a custom
+backward recomputes each block's probabilities instead of storing them: backward keeps O(b * L * d), the
+forward peak is O(b * n_rounds * L * d) (each round's output) beside one block. Where a backward follows its
+forward at once, one layer at a time (the reversible backward), :func:`keep_probabilities` trades one
+layer's ``[b, r, L, w]`` probabilities for that recomputation. :func:`lsh_attention_reference` is the slow
+twin: explicit ``[L, L]`` masks and a dense softmax.
 
 Shapes: ``qk, v [..., L, d]``; ``rotations [n_rounds, d, n_buckets // 2]``; buckets ``[b, n_rounds, L]``;
 chunked tensors ``[b, n_rounds, n_chunks, chunk_len, ...]``; a window holds ``w = (1 + look_back) * chunk_len``
@@ -221,7 +222,7 @@ def keep_probabilities():
         _KEEP.on = before
 
 
-# ---- the fast path: every round and chunk at once, in blocks that fit in cache -------------------------------
+# ---- the fast path: round by round, blocks of chunks at once ----------------------------------------------
 def _rows(x, rows):
     """``x[rows]`` for a 2-D block of row numbers: ``[R, ...]`` gathered by ``[n, m]`` -> ``[n, m, ...]``."""
     return x.index_select(0, rows.flatten()).unflatten(0, rows.shape)
