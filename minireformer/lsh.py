@@ -55,7 +55,7 @@ from minireformer.hashing import hash_vectors
 SELF_BIAS = 1e5  # the paper's m_ii: attend to yourself only when there is nobody else
 BLOCK_SCORES = 1 << 20  # the fast path works on blocks of chunks holding about this many scores (CPU)
 BLOCK_SCORES_ACCELERATOR = 1 << 24  # on a GPU: big blocks, few kernel launches
-MIN_BLOCKS = 4
+MIN_BLOCKS = 4  # and at least this many blocks a call, so that short sequences keep small temporaries
 NORM_EPS = 1e-12  # keys are q / max(|q|, eps), F.normalize's default
 HASH_BLOCK = 1 << 20  # and hashes blocks of positions with about this many rotated coordinates
 
@@ -295,7 +295,7 @@ class _Plan:
 
 class _ChunkedAttention(torch.autograd.Function):
     """Attention in every chunk of every round, block by block, and the rounds' combination. It saves
-    only q, k, v, the combined output and the round weights, all O(b * L * d): backward recomputes each
+    only q, k, v, |q|, the combined output and the round weights, all O(b * L * d): backward recomputes each
     block's probabilities (as FlashAttention does), so no ``[b, r, L, w]`` tensor (scores, probabilities,
     gathered windows) ever exists, and the per-round outputs live only during the forward pass. (Except
     with ``keep=True``, see :func:`keep_probabilities`: then each block's probabilities are kept.)"""
@@ -354,9 +354,10 @@ class _ChunkedAttention(torch.autograd.Function):
                 grad_q.index_add_(0, q_rows.flatten(), (grad_s @ k_block).flatten(0, 1))
                 grad_k.index_add_(0, k_rows, (grad_s.mT @ q_block).flatten(0, 1))
                 grad_v.index_add_(0, k_rows, (probs.mT @ grad_o).flatten(0, 1))
-            # the keys' gradient through k = q / |q|: (dk - k (k . dk)) / |q| (one pass, not autograd's five)
-            grad_k.addcmul_(k, torch.linalg.vecdot(k, grad_k).unsqueeze(-1), value=-1)  # in place: no [b * Lp, d]
-            grad_q.addcdiv_(grad_k, norm)  # temporaries (each that large would come with page faults)
+            # the keys' gradient through k = q / |q|: (dk - k (k . dk)) / |q|, in place (F.normalize's autograd
+            # makes five [b * Lp, d] temporaries, and a tensor that large may come with page faults)
+            grad_k.addcmul_(k, torch.linalg.vecdot(k, grad_k).unsqueeze(-1), value=-1)
+            grad_q.addcdiv_(grad_k, norm)
         return grad_q, grad_v, None, None
 
 
