@@ -57,7 +57,8 @@ BLOCK_SCORES = 1 << 20  # the fast path works on blocks of chunks holding about 
 BLOCK_SCORES_ACCELERATOR = 1 << 24  # on a GPU: big blocks, few kernel launches
 MIN_BLOCKS = 4  # and at least this many blocks a call, so that short sequences keep small temporaries
 NORM_EPS = 1e-12  # keys are q / max(|q|, eps), F.normalize's default
-HASH_BLOCK = 1 << 20  # and hashes blocks of positions with about this many rotated coordinates
+HASH_BLOCK = 1 << 21  # and hashes blocks of positions with about this many rotated coordinates
+HASH_GROUP = 32  # columns per group in the hash's two-stage argmax (reductions over 32 floats vectorize well)
 
 
 # ---- the steps, each callable on its own -----------------------------------------------------------------
@@ -419,24 +420,41 @@ def _hash_block(x, rotations):
     """``hashing.hash_vectors`` (``argmax([xR; -xR])``) without building ``[xR; -xR]``: ``x [b, l, d]`` -> ``[b, r, l]``.
 
     Optimization: with n_buckets = 2L / chunk_len the rotated vectors are O(L^2) numbers, the one quadratic
-    term of the layer. Concatenating ``-xR`` and taking argmax made two more copies and a slow indexed
-    pass over twice the numbers; instead take the largest and the smallest value of ``xR`` (max *values*
-    are fast reductions; a max with indices is several times slower), keep whichever is larger in size,
-    and find where it first occurs. Ties go to the ``+xR`` half and to the first index, as argmax's do, so
-    the buckets are exactly ``hash_vectors``' (tests/test_bench.py checks it, ties included). All rounds
-    are one matrix product, ``[b * l, d] @ [d, r * n_buckets / 2]``, reduced in the layout it comes out in.
+    term of the layer, so after the matrix product (all rounds in one, ``[b * l, d] @ [d, r * n_buckets / 2]``)
+    each of them should be read as few times as possible. Max *values* are fast vectorized reductions; a max
+    with indices, or a pass that compares every number with the winner, is several times slower. So: take
+    the largest and the smallest value of each group of ``HASH_GROUP`` columns of ``xR`` (one fast pass each),
+    the row's largest and smallest from those, keep whichever is larger in size (the winner of
+    ``[xR; -xR]``), find the first group holding it, and search only that group for its first column.
+    Ties go to the ``+xR`` half and to the first index, as argmax's do, so the buckets are exactly
+    ``hash_vectors``' (tests/test_bench.py checks it, ties within and across groups included).
     """
     (b, l, d), (n_rounds, _, half) = x.shape, rotations.shape
     if x.dtype != rotations.dtype or x.device != rotations.device:
         return hash_vectors(x, rotations)  # let hash_vectors explain the mismatch / cast
     with torch.no_grad():  # integers come out: nothing to record
-        rotated = (x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half))
-        rotated = rotated.view(b, l, n_rounds, half)
-        top, bottom = rotated.amax(dim=-1), rotated.amin(dim=-1)  # [b, l, r]
+        rotated = x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half)
+        n = b * l * n_rounds
+        width = HASH_GROUP if half % HASH_GROUP == 0 and half >= 4 * HASH_GROUP else half
+        n_groups = half // width
+        groups = rotated.view(n, n_groups, width)
+        group_top, group_bottom = groups.amax(dim=-1), groups.amin(dim=-1)  # [n, n_groups]
+        top, bottom = group_top.amax(dim=-1), group_bottom.amin(dim=-1)  # [n]
         upper = top >= -bottom  # the winner of argmax([xR; -xR]) is in the +xR half
-        hits = rotated == torch.where(upper, top, bottom).unsqueeze(-1)
-        first = hits.view(torch.uint8).argmax(dim=-1)  # the same bytes read as integers: argmax takes no bools
-        return torch.where(upper, first, first + half).transpose(1, 2)
+        winner = torch.where(upper, top, bottom).unsqueeze(-1)
+        if n_groups == 1:
+            group, within = 0, groups.view(n, width)
+        else:
+            group = _first(torch.where(upper.unsqueeze(-1), group_top, group_bottom) == winner)  # [n]
+            rows = torch.arange(0, n * n_groups, n_groups, device=x.device) + group
+            within = groups.view(n * n_groups, width).index_select(0, rows)  # [n, width]: the winner's group
+        first = group * width + _first(within == winner)
+        return torch.where(upper, first, first + half).view(b, l, n_rounds).transpose(1, 2)
+
+
+def _first(hits):
+    """Index of the first True along the last dim (argmax takes no bools; the same bytes read as uint8)."""
+    return hits.view(torch.uint8).argmax(dim=-1)
 
 
 def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,

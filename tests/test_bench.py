@@ -43,17 +43,25 @@ def test_full_attention_is_skipped_past_the_memory_limit():
     assert "note" in bench.format_table(rows)
 
 
-def test_fast_hash_equals_hash_vectors():
+@pytest.mark.parametrize("n_buckets", [32, 256])  # one group of columns, and 4 groups of lsh.HASH_GROUP
+def test_fast_hash_equals_hash_vectors(n_buckets):
+    half = n_buckets // 2
     x = torch.randn(3, 200, 16, generator=torch.Generator().manual_seed(0))
     x[0, 0] = 0  # no direction: bucket 0 in both
-    rotations = random_rotations(16, 32, 3, generator=torch.Generator().manual_seed(1))
+    rotations = random_rotations(16, n_buckets, 3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(lsh._hash_block(x, rotations), hash_vectors(x, rotations))
-    # ties: two equal columns (the first index wins), and a column that is another's negative (+xR wins)
-    rotations[..., 5], rotations[..., 9] = rotations[..., 2], -rotations[..., 7]
-    x = torch.cat([x, rotations[0, :, 2].expand(3, 4, 16), -rotations[1, :, 2].expand(3, 4, 16),
-                   rotations[2, :, 7].expand(3, 4, 16)], dim=1)
+    # ties: two equal columns (the first index wins), a column that is another's negative (+xR wins), and
+    # with several groups the same across groups and inside a later group
+    a, b, c, e = (2, 5, 7, 9) if half < 4 * lsh.HASH_GROUP else (2, 70, 7, 105)
+    rotations[..., b], rotations[..., e] = rotations[..., a], -rotations[..., c]
+    targets = [rotations[0, :, a], -rotations[1, :, a], rotations[2, :, c]]
+    if half >= 4 * lsh.HASH_GROUP:
+        rotations[..., 45] = rotations[..., 40]
+        targets.append(rotations[1, :, 40])
+    x = torch.cat([x] + [t.expand(3, 4, 16) for t in targets], dim=1)
     buckets = hash_vectors(x, rotations)
-    assert (buckets == 2).any() and (buckets == 2 + 16).any() and (buckets == 7).any()
+    assert (buckets == a).any() and (buckets == a + half).any() and (buckets == c).any()
+    assert half < 4 * lsh.HASH_GROUP or (buckets == 40).any()
     assert torch.equal(lsh._hash_block(x, rotations), buckets)
 
 
