@@ -435,6 +435,7 @@ def _hash_block(x, rotations):
     with torch.no_grad():  # integers come out: nothing to record
         rotated = x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half)
         n = b * l * n_rounds
+        # groups pay off from a few of them on (measured: at half = 64 one group was as fast); else one group
         width = HASH_GROUP if half % HASH_GROUP == 0 and half >= 4 * HASH_GROUP else half
         n_groups = half // width
         groups = rotated.view(n, n_groups, width)
