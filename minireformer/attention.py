@@ -89,11 +89,19 @@ class LSHSelfAttention(_SelfAttention):
     state (as a reversible layer does in its backward pass) reproduces the same buckets. For fixed
     pictures set ``self.generator`` (a ``torch.Generator``) or ``self.rotations`` (a fixed tensor
     ``[n_rounds, d_head, n_buckets // 2]``, which then also fixes n_rounds and n_buckets).
+
+    ``attention_fn``: another function with :func:`~minireformer.lsh.lsh_attention`'s defaults, called as
+    ``attention_fn(qk, v, rotations, chunk_len=..., causal=...)`` (lesson 02's capstone plugs the learner's own
+    in). It knows no other options, so the layer must keep ``look_back=1``, ``same_bucket_only=True`` and
+    ``dedup=False``.
     """
 
     def __init__(self, d_model, n_heads, *, n_rounds=4, chunk_len=64, n_buckets=None, causal=False, look_back=1,
-                 same_bucket_only=True, dedup=False, dropout=0.0):
+                 same_bucket_only=True, dedup=False, dropout=0.0, attention_fn=None):
         super().__init__(d_model, n_heads, dropout, shared_qk=True)
+        if attention_fn is not None and (look_back, same_bucket_only, dedup) != (1, True, False):
+            raise ValueError("attention_fn is called with lsh_attention's defaults only: it needs look_back=1, "
+                             f"same_bucket_only=True and dedup=False, got {look_back}, {same_bucket_only}, {dedup}")
         for name, value in (("n_rounds", n_rounds), ("chunk_len", chunk_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -101,7 +109,7 @@ class LSHSelfAttention(_SelfAttention):
             check_n_buckets(n_buckets)
         self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets
         self.causal, self.look_back, self.same_bucket_only, self.dedup = causal, look_back, same_bucket_only, dedup
-        self.generator, self.rotations = None, None
+        self.generator, self.rotations, self.attention_fn = None, None, attention_fn
 
     def forward(self, x):
         self.check(x)
@@ -111,8 +119,11 @@ class LSHSelfAttention(_SelfAttention):
             n_buckets = self.n_buckets or default_n_buckets(x.shape[1], self.chunk_len)
             rotations = random_rotations(qk.shape[-1], n_buckets, self.n_rounds, generator=self.generator,
                                          device=x.device)
-        out = lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal, look_back=self.look_back,
-                            same_bucket_only=self.same_bucket_only, dedup=self.dedup)
+        if self.attention_fn is not None:
+            out = self.attention_fn(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal)
+        else:
+            out = lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal,
+                                look_back=self.look_back, same_bucket_only=self.same_bucket_only, dedup=self.dedup)
         return self.finish(out)
 
 

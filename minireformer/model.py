@@ -135,11 +135,12 @@ class ReformerLM(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, c.vocab_size)
 
-    def make_attention(self, kind, n_rounds=None):
+    def make_attention(self, kind, n_rounds=None, attention_fn=None):
         c = self.config
         if kind == "lsh":
             return LSHSelfAttention(c.d_model, c.n_heads, n_rounds=n_rounds or c.n_rounds, chunk_len=c.chunk_len,
-                                    n_buckets=c.n_buckets, causal=c.causal, dropout=c.dropout)
+                                    n_buckets=c.n_buckets, causal=c.causal, dropout=c.dropout,
+                                    attention_fn=attention_fn)
         return FullSelfAttention(c.d_model, c.n_heads, causal=c.causal, dropout=c.dropout, shared_qk=c.shared_qk)
 
     def attention_layers(self):
@@ -148,18 +149,22 @@ class ReformerLM(nn.Module):
             return [block.f for block in self.layers.blocks]
         return [pair[0] for pair in self.layers]
 
-    def use_attention(self, kind, n_rounds=None):
+    def use_attention(self, kind, n_rounds=None, *, attention_fn=None):
         """Swap every layer's attention for ``kind`` ("lsh" or "full"), keeping its parameters (the same
-        tensors, so an optimizer keeps working); ``n_rounds`` sets the hash rounds of LSH attention."""
+        tensors, so an optimizer keeps working); ``n_rounds`` sets the hash rounds of LSH attention, and
+        ``attention_fn`` a function to compute it with instead of :func:`~minireformer.lsh.lsh_attention` (see
+        :class:`~minireformer.attention.LSHSelfAttention`; lesson 02 trains with the learner's own)."""
         if kind not in ("lsh", "full"):
             raise ValueError(f"kind must be 'lsh' or 'full', got {kind!r}")
-        if kind == "full" and n_rounds is not None:
-            raise ValueError("n_rounds only applies to LSH attention")
+        if kind == "full" and (n_rounds, attention_fn) != (None, None):
+            raise ValueError("n_rounds and attention_fn only apply to LSH attention")
+        if attention_fn is not None and not callable(attention_fn):
+            raise TypeError(f"attention_fn must be a function, got {type(attention_fn).__name__}")
         if kind == "lsh" and not self.config.shared_qk:
             raise ValueError("this model has separate Q and K projections (shared_qk=False); LSH attention needs "
                              "one shared QK projection, so it cannot be swapped in")
         for wrapper in self.attention_layers():
-            old, new = wrapper.fn, self.make_attention(kind, n_rounds)
+            old, new = wrapper.fn, self.make_attention(kind, n_rounds, attention_fn)
             for name in ("to_qk", "to_q", "to_k", "to_v", "to_out"):
                 if hasattr(old, name):
                     setattr(new, name, getattr(old, name))
