@@ -120,7 +120,7 @@ class LSHSelfAttention(_SelfAttention):
             rotations = random_rotations(qk.shape[-1], n_buckets, self.n_rounds, generator=self.generator,
                                          device=x.device)
         if self.attention_fn is not None:
-            out = self.attention_fn(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal)
+            out = self.attention_fn(qk, v, rotations.to(qk.dtype), chunk_len=self.chunk_len, causal=self.causal)
         else:
             out = lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal,
                                 look_back=self.look_back, same_bucket_only=self.same_bucket_only, dedup=self.dedup)

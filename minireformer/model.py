@@ -156,8 +156,10 @@ class ReformerLM(nn.Module):
         :class:`~minireformer.attention.LSHSelfAttention`; lesson 02 trains with the learner's own)."""
         if kind not in ("lsh", "full"):
             raise ValueError(f"kind must be 'lsh' or 'full', got {kind!r}")
-        if kind == "full" and (n_rounds, attention_fn) != (None, None):
-            raise ValueError("n_rounds and attention_fn only apply to LSH attention")
+        if kind == "full" and n_rounds is not None:
+            raise ValueError("n_rounds only applies to LSH attention")
+        if kind == "full" and attention_fn is not None:
+            raise ValueError("attention_fn only applies to LSH attention")
         if attention_fn is not None and not callable(attention_fn):
             raise TypeError(f"attention_fn must be a function, got {type(attention_fn).__name__}")
         if kind == "lsh" and not self.config.shared_qk:

@@ -222,3 +222,37 @@ def test_hash_rotation_widget_redraws_when_a_slider_moves(page, shots):
 
 def test_lsh_step_widget_moves_to_the_next_stage(page, shots):
     step_slider(page, "02_lsh_attention.ipynb", "stage", "stage 1/7 · hash", "stage 2/7 · sort", shots, "lsh_steps")
+
+
+WRONG_HASH = '''def my_hash_vectors(x, rotations):
+    return torch.einsum("...ld,rdb->...rlb", x, rotations).argmax(dim=-1)'''
+RIGHT_HASH = '''def my_hash_vectors(x, rotations):
+    rotated = torch.einsum("...ld,rdb->...rlb", x, rotations)
+    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)'''
+
+
+def test_a_learner_types_a_solution_into_a_stub_and_reads_the_check(page, shots):
+    """Lesson 01's exercise as a learner does it: run the cells above the stub, type a wrong hash into the stub
+    and run it and its check (the diagnosis names the fault), then a right one (the check prints its ✓)."""
+    expect, lab = playwright_api.expect, page.lab
+    name = f"exercise-{uuid.uuid4().hex[:8]}"
+    shutil.copy(lab["root"] / "01_hashing_random_rotations.ipynb", lab["root"] / f"{name}.ipynb")
+    page.goto(f"{lab['url']}/lab/workspaces/{name}/tree/{name}.ipynb?token={lab['token']}")
+    page.locator(".jp-Notebook .jp-RenderedMarkdown h1").first.wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
+    stub = page.locator(".jp-Notebook .jp-CodeCell", has_text="# EXERCISE hash_vectors").first
+    check_cell = page.locator(".jp-Notebook .jp-CodeCell", has_text='check("hash_vectors", my_hash_vectors)').first
+    stub.locator(".cm-content").click()
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Above Selected Cell$")).click()
+    for solution, printed in ((WRONG_HASH, "✗ hash_vectors: the -xR half is missing"),
+                              (RIGHT_HASH, "✓ hash_vectors: all 6 cases agree with the package")):
+        stub.locator(".cm-content").click()
+        page.keyboard.press("Control+a")
+        page.keyboard.insert_text(solution)  # as pasted: no auto-indent, no closing brackets added
+        page.keyboard.press("Shift+Enter")  # runs the stub and moves to the check
+        page.keyboard.press("Shift+Enter")  # runs the check
+        expect(check_cell.locator(".jp-OutputArea-output")).to_contain_text(printed, timeout=120_000)
+    check_cell.scroll_into_view_if_needed()
+    check_cell.screenshot(path=shots / "exercise_check.png")
+    assert errors_on_page(page) == ([], 0)

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from minireformer.attention import FullSelfAttention
+from minireformer.attention import FullSelfAttention, LSHSelfAttention
 from minireformer.model import ReformerConfig, ReformerLM
 
 SMALL = dict(vocab_size=11, d_model=16, n_heads=2, d_ff=24, n_layers=2, max_len=32, n_rounds=2, chunk_len=8)
@@ -164,3 +164,24 @@ def test_bad_tokens_are_named():
         model(torch.zeros(2, 8))
     with pytest.raises(ValueError, match="exceeds max_len=32"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_a_model_runs_on_an_attention_function_of_the_learner_and_gives_the_same_logits():
+    from minireformer import solutions
+
+    torch.manual_seed(0)
+    model = ReformerLM(vocab_size=11, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=40, chunk_len=8,
+                       n_rounds=2).double().eval()
+    tokens = torch.randint(11, (2, 37))
+    torch.manual_seed(1)
+    fast = model(tokens)
+    model.use_attention("lsh", 2, attention_fn=solutions.lsh_attention)
+    assert all(layer.fn.attention_fn is solutions.lsh_attention for layer in model.attention_layers())
+    torch.manual_seed(1)  # the same rotations
+    assert torch.allclose(model(tokens), fast, atol=1e-10)
+    with pytest.raises(ValueError, match="attention_fn only appl"):
+        model.use_attention("full", attention_fn=solutions.lsh_attention)
+    with pytest.raises(TypeError, match="attention_fn must be a function"):
+        model.use_attention("lsh", attention_fn="mine")
+    with pytest.raises(ValueError, match="needs look_back=1"):
+        LSHSelfAttention(16, 2, look_back=2, attention_fn=solutions.lsh_attention)
