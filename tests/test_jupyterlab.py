@@ -240,8 +240,12 @@ def test_a_learner_types_a_solution_into_a_stub_and_reads_the_check(page, shots)
     page.goto(f"{lab['url']}/lab/workspaces/{name}/tree/{name}.ipynb?token={lab['token']}")
     page.locator(".jp-Notebook .jp-RenderedMarkdown h1").first.wait_for(timeout=60_000)
     page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
-    stub = page.locator(".jp-Notebook .jp-CodeCell", has_text="# EXERCISE hash_vectors").first
-    check_cell = page.locator(".jp-Notebook .jp-CodeCell", has_text='check("hash_vectors", my_hash_vectors)').first
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    cells.first.wait_for()
+    texts = cells.all_inner_texts()
+    index = next(i for i, text in enumerate(texts) if "# EXERCISE hash_vectors" in text)
+    stub, check_cell = cells.nth(index), cells.nth(index + 1)
+    assert 'check("hash_vectors", my_hash_vectors)' in texts[index + 1]
     stub.locator(".cm-content").click()
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Above Selected Cell$")).click()
