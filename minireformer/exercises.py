@@ -277,14 +277,14 @@ def _hash_case(prop, x, rotations):
     return Case(prop, lambda: ({"x": x(), "rotations": rotations()}, {}))
 
 
-def _ties():
-    # columns R[:, 0] = R[:, 1] = (1, 0): (1, 0) ties between buckets 0 and 1, (-1, 0) between 2 and 3, and
-    # (0, 1), orthogonal to both, scores 0 everywhere, a tie of all four: argmax takes the first index
-    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
-    return x
+def _tie_points():
+    # with R[:, 0] = R[:, 1] = (1, 0): (1, 0) ties between buckets 0 and 1, (-1, 0) between 2 and 3, and (0, 1),
+    # orthogonal to both, scores 0 everywhere, a tie of all four: argmax takes the first index
+    return torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
 
 
-_hash_rotations_ties = lambda: torch.tensor([[[1.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)  # [1, d=2, 2]
+def _tie_rotations():
+    return torch.tensor([[[1.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)  # [n_rounds 1, d 2, n_buckets/2 2]
 
 
 def _hash_halves_swapped(x, rotations):
@@ -304,7 +304,7 @@ _exercise(
         _hash_case("one round, 4 buckets, points in the plane",
                    lambda: _randn(6, 2, seed=1), lambda: _randn(1, 2, 2, seed=2)),
         _hash_case("ties between rotated coordinates go to the first index, +xR before -xR (as argmax does)",
-                   _ties, _hash_rotations_ties),
+                   _tie_points, _tie_rotations),
         _hash_case("several rounds: one R per round, buckets [..., n_rounds, L]",
                    lambda: _randn(5, 3, seed=3), lambda: _randn(3, 3, 2, seed=4)),
         _hash_case("leading dims [batch, heads, L, d]",
