@@ -99,9 +99,6 @@ class LSHSelfAttention(_SelfAttention):
     def __init__(self, d_model, n_heads, *, n_rounds=4, chunk_len=64, n_buckets=None, causal=False, look_back=1,
                  same_bucket_only=True, dedup=False, dropout=0.0, attention_fn=None):
         super().__init__(d_model, n_heads, dropout, shared_qk=True)
-        if attention_fn is not None and (look_back, same_bucket_only, dedup) != (1, True, False):
-            raise ValueError("attention_fn is called with lsh_attention's defaults only: it needs look_back=1, "
-                             f"same_bucket_only=True and dedup=False, got {look_back}, {same_bucket_only}, {dedup}")
         for name, value in (("n_rounds", n_rounds), ("chunk_len", chunk_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -110,6 +107,15 @@ class LSHSelfAttention(_SelfAttention):
         self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets
         self.causal, self.look_back, self.same_bucket_only, self.dedup = causal, look_back, same_bucket_only, dedup
         self.generator, self.rotations, self.attention_fn = None, None, attention_fn
+        self.check_attention_fn()
+
+    def check_attention_fn(self):
+        """An ``attention_fn`` is called with lsh_attention's defaults only: refuse the options it cannot honour
+        (checked when the layer is made and at every call, since the options are plain attributes)."""
+        options = (self.look_back, self.same_bucket_only, self.dedup)
+        if self.attention_fn is not None and options != (1, True, False):
+            raise ValueError("attention_fn is called with lsh_attention's defaults only: it needs look_back=1, "
+                             f"same_bucket_only=True and dedup=False, got {options[0]}, {options[1]}, {options[2]}")
 
     def forward(self, x):
         self.check(x)
@@ -120,6 +126,7 @@ class LSHSelfAttention(_SelfAttention):
             rotations = random_rotations(qk.shape[-1], n_buckets, self.n_rounds, generator=self.generator,
                                          device=x.device)
         if self.attention_fn is not None:
+            self.check_attention_fn()
             out = self.attention_fn(qk, v, rotations.to(qk.dtype), chunk_len=self.chunk_len, causal=self.causal)
         else:
             out = lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal,

@@ -15,8 +15,9 @@ the hard ones: ties, a bucket that spills over a chunk, a length that is not a m
 padding, the first token under ``causal=True``, several rounds; float64 where tolerance matters), and compares
 with the package. It prints a ✓ with the number of cases, or one diagnosis: the convention that broke (it
 recognises the typical mistakes by what they compute), the first case where it shows (the cases go from the
-simplest and smallest to the hardest), expected against got. It never raises because of your code. :func:`hint` gives a hint, :func:`solution` the teaching solution
-(:mod:`minireformer.solutions`) and :func:`show_solution` its source.
+simplest and smallest to the hardest), expected against got. It never raises because of your code.
+:func:`hint` gives a hint, :func:`solution` the teaching solution (:mod:`minireformer.solutions`) and
+:func:`show_solution` its source.
 
 ============================  =================================================  ========
 exercise                      you write                                          lesson
@@ -86,11 +87,11 @@ EXERCISES = {}
 def _exercise(**spec):
     exercise = Exercise(**spec)
     EXERCISES[exercise.name] = exercise
-    return exercise
 
 
 # ---- comparing results ------------------------------------------------------------------------------------
 RTOL, ATOL = 1e-6, 1e-9  # float64 cases: far below any mistake, far above rounding-order differences
+NO_GRADIENT = "no gradient at all (the output was detached, or computed under torch.no_grad())"
 
 
 def _show(x, limit=24):
@@ -135,7 +136,7 @@ def _difference(expected, got, label):
     if expected is None:  # e.g. no gradient expected
         return None
     if not torch.is_tensor(got):
-        return f"{label}: expected a tensor, got {_kind(got)}"
+        return f"{label}: expected a tensor, got {got if isinstance(got, str) else _kind(got)}"
     if tuple(got.shape) != tuple(expected.shape):
         return f"{label}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
     if got.dtype != expected.dtype:
@@ -184,7 +185,8 @@ def diagnose(exercise, fn):
         try:
             got = exercise.run(fn, case)
         except NotImplementedError:
-            return (f"… {exercise.name}: not attempted yet (the stub still raises NotImplementedError).\n"
+            return (f"… {exercise.name}: not attempted yet (NotImplementedError: the stub, or a stub it calls, is "
+                    f"unfinished).\n"
                     f"  Hint: {exercise.hint}"), False
         except Exception as error:  # the learner's bug: reported, never raised
             failures.append((case, error, f"raised {type(error).__name__}: {error}"))
@@ -597,7 +599,7 @@ def _lsh_observe(fn, args, kwargs):
     observed = {"output": out}
     if torch.is_tensor(out) and out.shape == qk.shape:
         if not out.requires_grad:
-            observed.update({"gradient of qk": "none", "gradient of v": "none"})
+            observed.update({"gradient of qk": NO_GRADIENT, "gradient of v": NO_GRADIENT})
         else:
             weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
             observed.update(zip(("gradient of qk", "gradient of v"), torch.autograd.grad((out * weights).sum(), (qk, v))))
@@ -742,7 +744,7 @@ def _ff_observe(fn, args, kwargs):
             observed["gradient of x"] = grads[0]
             observed["gradients of ff's parameters"] = list(grads[1:])
         else:
-            observed["gradient of x"] = "none"
+            observed["gradient of x"] = NO_GRADIENT
     observed["saved bytes"] = saved
     return observed
 

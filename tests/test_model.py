@@ -185,3 +185,7 @@ def test_a_model_runs_on_an_attention_function_of_the_learner_and_gives_the_same
         model.use_attention("lsh", attention_fn="mine")
     with pytest.raises(ValueError, match="needs look_back=1"):
         LSHSelfAttention(16, 2, look_back=2, attention_fn=solutions.lsh_attention)
+    layer = model.attention_layers()[0].fn
+    layer.look_back = 0  # a plain attribute, set after the layer was made: refused at the call, not ignored
+    with pytest.raises(ValueError, match="needs look_back=1"):
+        model(tokens)
