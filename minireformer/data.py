@@ -79,6 +79,14 @@ class ByteCorpus:
         split = int(len(data) * (1 - val_fraction))
         self.splits = {"train": data[:split], "val": data[split:]}
 
+    def check_length(self, seq_len):
+        """Raise ``ValueError`` unless both splits hold a window of ``seq_len + 1`` bytes."""
+        for split, data in self.splits.items():
+            if len(data) < seq_len + 1:
+                total = sum(len(d) for d in self.splits.values())
+                raise ValueError(f"the corpus has {total:,} bytes, so its {split} split has {len(data):,}: fewer than "
+                                 f"seq_len + 1 = {seq_len + 1} (use a larger corpus or a shorter --seq-len)")
+
     def batch(self, split, batch_size, seq_len, *, generator=None, device=None):
         """``batch_size`` random windows of ``seq_len + 1`` bytes from ``split``, as int64 ``[batch, seq_len + 1]``."""
         data = self.splits[split]

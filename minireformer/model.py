@@ -174,9 +174,20 @@ class ReformerLM(nn.Module):
             wrapper.fn = new
         return self
 
+    def check_token_ids(self, tokens):
+        """Every id in ``[0, vocab_size)``, else a ``ValueError`` that says so (the embedding's own error is a
+        bare ``IndexError`` on the CPU and a device-side assert on CUDA). Skipped while ``torch.compile`` traces."""
+        if tokens.numel() == 0 or tokens.device.type == "meta" or torch.compiler.is_compiling():
+            return
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(f"tokens must be ids in [0, vocab_size) = [0, {self.config.vocab_size}), "
+                             f"got ids from {low} to {high}")
+
     def forward(self, tokens):
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be an integer tensor [B, L], got {tokens.dtype} {tuple(tokens.shape)}")
+        self.check_token_ids(tokens)
         length = tokens.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len={self.config.max_len}")

@@ -105,12 +105,19 @@ def cpu_threads(n=None):
         torch.set_num_threads(before)
 
 
-def mean_over_processes(*values):
-    """The mean of each number over the processes of a ``torchrun`` job (the numbers themselves otherwise)."""
+def collective_device(device):
+    """Where the process group's tensors must live: NCCL reduces only CUDA tensors (this process's GPU,
+    ``device``), gloo CPU ones."""
+    return device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def mean_over_processes(*values, device=torch.device("cpu")):
+    """The mean of each number over the processes of a ``torchrun`` job (the numbers themselves otherwise);
+    ``device``: this process's device (the numbers travel through it under NCCL)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
-    total = torch.tensor(values, dtype=torch.float64)
-    torch.distributed.all_reduce(total)  # gloo reduces CPU tensors; NCCL would need them on the GPU
+    total = torch.tensor(values, dtype=torch.float64, device=collective_device(device))
+    torch.distributed.all_reduce(total)
     return tuple((total / torch.distributed.get_world_size()).tolist())
 
 
@@ -180,16 +187,18 @@ class Trainer:
         c = train_config
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.device = resolve_device(c.device)
+        if self.device.type == "cuda" and self.distributed:  # one GPU per process, before NCCL starts
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
         if self.distributed and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank = torch.distributed.get_rank() if self.distributed else 0
         self.world = torch.distributed.get_world_size() if self.distributed else 1
         if c.batch_size % self.world:
             raise ValueError(f"batch_size ({c.batch_size}) must be divisible by the number of processes ({self.world})")
-        if self.device.type == "cuda" and self.distributed:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if c.task == "text":
             self.corpus = ByteCorpus(load_corpus(c.corpus))
+            self.corpus.check_length(c.seq_len)  # now, not at the first step
             vocab = ByteCorpus.vocab_size
         else:
             self.corpus, vocab = None, c.n_symbols + 1
@@ -258,7 +267,7 @@ class Trainer:
         with self.autocast():
             loss, accuracy = sequence_loss(self.forward, tokens, self.config.task)
         # averaged over the processes, so every process sees the same number and stops together
-        loss_value, accuracy_value = mean_over_processes(loss.item(), accuracy.item())
+        loss_value, accuracy_value = mean_over_processes(loss.item(), accuracy.item(), device=self.device)
         if not math.isfinite(loss_value):
             where = f"the last checkpoint is in {self.out_dir}" if self.out_dir is not None else "no checkpoint is kept"
             raise FloatingPointError(
@@ -288,7 +297,8 @@ class Trainer:
                 losses.append(loss.item())
                 accuracies.append(accuracy.item())
         model.train(was_training)
-        loss, accuracy = mean_over_processes(sum(losses) / len(losses), sum(accuracies) / len(accuracies))
+        loss, accuracy = mean_over_processes(sum(losses) / len(losses), sum(accuracies) / len(accuracies),
+                                             device=self.device)
         result = {"loss": loss, "accuracy": accuracy}
         if self.config.task == "text":
             result["bits_per_byte"] = result["loss"] / math.log(2)
@@ -502,7 +512,7 @@ def train_from_args(args, parser):
         parser.error(f"--resume: no checkpoint.pt in {out} to continue (give the --out of the run to resume)")
     try:
         trainer = Trainer(model, train, out, resume=args.resume)
-    except CheckpointError as error:
+    except (CheckpointError, ValueError, FileNotFoundError) as error:  # a corrupt checkpoint, a too-small corpus
         parser.exit(1, f"error: {error}\n")
     if trainer.rank == 0:
         n = sum(p.numel() for p in trainer.model.parameters())

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -27,3 +29,13 @@ def test_bad_scale_is_named(monkeypatch):
         current_scale()
     with pytest.raises(ValueError, match="scale must be one of"):
         pick(quick=1, full=2, scale="medium")
+
+
+def test_the_test_run_is_quick_even_on_a_cuda_machine(monkeypatch):
+    """conftest.py pins the quick scale for the whole pytest run (nbval's kernels inherit it), so the README's
+    test command on a GPU does not train every lesson at full scale; MINIREFORMER_SCALE=full still can."""
+    if os.environ.get(ENV_VAR, "").strip().lower() == "full":
+        pytest.skip("MINIREFORMER_SCALE=full was asked for: this run is the full scale on purpose")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert os.environ[ENV_VAR] == "quick"
+    assert current_scale() == "quick"

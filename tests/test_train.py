@@ -10,7 +10,9 @@ import torch
 from minireformer.__main__ import main
 from minireformer.experiments import (DUPLICATION_SCALES, PAPER_TABLE2, duplication_configs, evaluate_attentions,
                                       format_table2, parse_attention)
-from minireformer.train import CheckpointError, Trainer, TrainConfig, cpu_threads, evaluate_checkpoint
+from minireformer.model import ReformerLM
+from minireformer.train import (CheckpointError, Trainer, TrainConfig, cpu_threads, evaluate_checkpoint,
+                                mean_over_processes)
 
 TINY_MODEL = dict(d_model=16, n_heads=2, d_ff=16, n_layers=2, chunk_len=4, n_rounds=2, dropout=0.1)
 
@@ -291,3 +293,52 @@ def test_cli_duplication_writes_the_table_as_json(tmp_path, capsys):
     assert all(list(row) == ["full", "lsh-8", "lsh-4", "lsh-2", "lsh-1"] for row in table.values())
     assert all(0 <= v <= 1 for row in table.values() for v in row.values())
     assert "(each cell: our accuracy" in capsys.readouterr().out
+
+
+def test_the_losses_travel_through_the_device_nccl_reduces(monkeypatch):
+    """NCCL reduces only tensors on the GPU: under it the logged numbers go through this process's device
+    (meta stands in for a GPU here), under gloo through the CPU. Today's torchrun on GPUs failed at step 1."""
+    seen = []
+
+    class Reduced(Exception):
+        pass
+
+    def all_reduce(tensor):
+        seen.append(tensor.device)
+        raise Reduced
+
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    for backend, expected in (("nccl", torch.device("meta")), ("gloo", torch.device("cpu"))):
+        monkeypatch.setattr(dist, "get_backend", lambda backend=backend: backend)
+        with pytest.raises(Reduced):
+            mean_over_processes(1.0, 0.5, device=torch.device("meta"))
+        assert seen[-1] == expected, backend
+
+
+def test_token_ids_outside_the_vocabulary_are_named():
+    model = ReformerLM(vocab_size=10, d_model=16, n_heads=2, d_ff=16, n_layers=1, max_len=8, attention="full")
+    for bad, (low, high) in ((torch.tensor([[1, 10]]), (1, 10)), (torch.tensor([[-1, 3]]), (-1, 3))):
+        with pytest.raises(ValueError, match=rf"tokens must be ids in \[0, vocab_size\) = \[0, 10\), "
+                                             rf"got ids from {low} to {high}"):
+            model(bad)
+    assert model(torch.tensor([[0, 9]])).shape == (1, 2, 10)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "corpus .* has 0 bytes; need at least 2"),
+    ("a small corpus of 35 bytes in total", r"the corpus has 35 bytes, so its train split has 33: fewer than "
+                                            r"seq_len \+ 1 = 65"),
+    ("x" * 1000, r"its val split has 50: fewer than seq_len \+ 1 = 65"),
+])
+def test_a_too_small_corpus_ends_train_with_one_line(text, message, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--task", "text", "--corpus", str(corpus), "--seq-len", "64", "--steps", "1",
+              "--out", str(tmp_path / "run")])
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(message, err)
