@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .attention import FullSelfAttention, LSHSelfAttention, default_n_buckets
 from .chunking import FeedForward
-from .memory import peak_memory
+from .memory import OUT_OF_MEMORY, peak_memory, peak_within
 from .reversible import RevBlock, ReversibleSequence, duplicate, merge
 
 D_MODEL, N_HEADS, CHUNK_LEN, D_FF = 256, 4, 64, 1024
@@ -99,22 +99,33 @@ def attention_layer(kind, *, n_rounds=4, chunk_len=CHUNK_LEN, n_buckets=None, d_
     raise ValueError(f"kind must be 'lsh', 'full' or 'sdpa', got {kind!r}")
 
 
-def _measure(name, module, x, repeats, device, **extra):
+def _measure(name, module, x, repeats, device, memory_budget=None, **extra):
     step = _train_step(module, x)
+    peak = peak_within(step, device=device, budget=memory_budget)  # first: a step over the budget stops here
     seconds = time_step(step, repeats=repeats, device=device)
-    peak = peak_memory(step, device=device)
     batch, length = x.shape[:2]
     return dict(model=name, length=length, batch=batch, step_s=seconds, token_us=seconds / (batch * length) * 1e6,
                 peak_mb=peak / 2**20, **extra)
 
 
+def default_full_memory_limit(device):
+    """How much full attention's ``[b, h, L, L]`` tensors may take before the benchmark skips it: on CUDA half
+    the device's free memory, elsewhere :data:`FULL_MEMORY_LIMIT` (a CPU slows to a crawl long before it fills)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return FULL_MEMORY_LIMIT
+
+
 def bench_attention(lengths=LENGTHS, rounds=ROUNDS, *, total_tokens=TOTAL_TOKENS, repeats=3, device="auto",
-                    full=True, sdpa=True, full_memory_limit=FULL_MEMORY_LIMIT, seed=0, progress=None):
+                    full=True, sdpa=True, full_memory_limit=None, memory_budget=None, seed=0, progress=None):
     """One layer's forward + backward at ``batch = total_tokens / L``; a list of row dicts (model, length,
     batch, step_s, token_us, peak_mb). Full attention is skipped (row with ``skipped``) where its ``[b, h,
-    L, L]`` tensors would pass ``full_memory_limit`` bytes."""
+    L, L]`` tensors would pass ``full_memory_limit`` bytes (``None``: :func:`default_full_memory_limit`). A step that
+    runs out of memory (the device's, or ``memory_budget`` bytes simulated on the CPU) gets the row
+    ``skipped="out of memory"``, and the sweep goes on."""
     check_lengths(lengths, total_tokens)
     device = pick_device(device)
+    limit = full_memory_limit if full_memory_limit is not None else default_full_memory_limit(device)
     rows = []
     for length in lengths:
         batch = total_tokens // length
@@ -129,10 +140,16 @@ def bench_attention(lengths=LENGTHS, rounds=ROUNDS, *, total_tokens=TOTAL_TOKENS
             if progress:
                 progress(f"{name} L={length}")
             need = 4 * batch * N_HEADS * length**2 * 4  # scores, probabilities and their two gradients, float32
-            if name.startswith("full") and need > full_memory_limit:
+            if name.startswith("full") and need > limit:
                 rows.append(dict(model=name, length=length, batch=batch, skipped=f"needs ~{need / 2**30:.0f} GiB"))
                 continue
-            rows.append(_measure(name, module.to(device), x, repeats, device))
+            try:
+                rows.append(_measure(name, module.to(device), x, repeats, device, memory_budget))
+            except OUT_OF_MEMORY:
+                x.grad = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                rows.append(dict(model=name, length=length, batch=batch, skipped="out of memory"))
     return rows
 
 
@@ -385,8 +402,11 @@ def scaling_interleaved(short=4096, long=32768, *, n_rounds=4, total_tokens=TOTA
 
 
 def memory_growth(rows, model):
-    """``(peak memory ratio, length ratio)`` of the longest to the shortest length measured for ``model``."""
+    """``(peak memory ratio, length ratio)`` of the longest to the shortest length measured for ``model``
+    (the lengths where it ran: full attention is skipped at the long ones)."""
     measured = sorted((r["length"], r["peak_mb"]) for r in rows if r["model"] == model and "peak_mb" in r)
+    if len(measured) < 2:
+        raise ValueError(f"{model} ran at {len(measured)} length(s); a growth needs two")
     (l0, m0), (l1, m1) = measured[0], measured[-1]
     return m1 / m0, l1 / l0
 

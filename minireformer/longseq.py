@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .complexity import loglog_slope
-from .memory import StoragePeak, peak_memory
+from .memory import OUT_OF_MEMORY, BudgetedPeak, MemoryBudgetExceeded, peak_within  # noqa: F401 (re-exported)
 from .model import ReformerConfig, ReformerLM
 from .scale import current_scale
 from .train import Trainer, TrainConfig, resolve_device, sequence_loss
@@ -130,24 +130,6 @@ def format_curves(curves):
 
 
 # ---- memory and speed vs length --------------------------------------------------------------------------------
-class MemoryBudgetExceeded(MemoryError):
-    """A step needed more memory than the budget given for it."""
-
-
-class BudgetedPeak(StoragePeak):
-    """:class:`~minireformer.memory.StoragePeak` that raises :class:`MemoryBudgetExceeded` as soon as the live
-    bytes exceed ``budget`` (``None``: never), like an allocator on a device of that size."""
-
-    def __init__(self, device=None, budget=None):
-        super().__init__(device)
-        self.budget = budget
-
-    def add(self, storage):
-        super().add(storage)
-        if self.budget is not None and self.live > self.budget:
-            raise MemoryBudgetExceeded(f"{self.live:,} bytes live, over the budget of {self.budget:,}")
-
-
 def training_step(model, tokens):
     """Forward and backward of one next-byte step on ``tokens [B, L + 1]`` (bf16 autocast on CUDA), gradients
     set afresh (the optimizer's own state is parameter-sized, the same at every length, and left out)."""
@@ -160,14 +142,7 @@ def training_step(model, tokens):
 
 def step_peak(model, tokens, *, memory_budget=None):
     """Peak extra bytes of :func:`training_step`; raises :class:`MemoryBudgetExceeded` past ``memory_budget``."""
-    if tokens.device.type == "cpu":
-        with BudgetedPeak(tokens.device, memory_budget) as tracker:
-            training_step(model, tokens)
-        return tracker.peak
-    peak = peak_memory(training_step, model, tokens, device=tokens.device)  # the allocator's own peak
-    if memory_budget is not None and peak > memory_budget:
-        raise MemoryBudgetExceeded(f"{peak:,} bytes at the peak, over the budget of {memory_budget:,}")
-    return peak
+    return peak_within(training_step, model, tokens, device=tokens.device, budget=memory_budget)
 
 
 def step_seconds(model, tokens):
@@ -255,7 +230,7 @@ def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, ti
                         row["seconds"] = step_seconds(net, tokens)
                         row["tokens_per_s"] = batch_size * length / row["seconds"]
                         timing.append((length, row["seconds"]))
-                except (MemoryBudgetExceeded, torch.OutOfMemoryError):
+                except OUT_OF_MEMORY:
                     row["status"] = stopped = "out of memory"
                     net.zero_grad(set_to_none=True)
                     if device.type == "cuda":

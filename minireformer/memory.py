@@ -83,6 +83,42 @@ class StoragePeak(TorchDispatchMode):
             self.live -= size
 
 
+class MemoryBudgetExceeded(MemoryError):
+    """A step needed more memory than the budget given for it."""
+
+
+class BudgetedPeak(StoragePeak):
+    """:class:`StoragePeak` that raises :class:`MemoryBudgetExceeded` as soon as the live bytes exceed
+    ``budget`` (``None``: never), like an allocator on a device of that size: a smaller device simulated
+    on the CPU."""
+
+    def __init__(self, device=None, budget=None):
+        super().__init__(device)
+        self.budget = budget
+
+    def add(self, storage):
+        super().add(storage)
+        if self.budget is not None and self.live > self.budget:
+            raise MemoryBudgetExceeded(f"{self.live:,} bytes live, over the budget of {self.budget:,}")
+
+
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)  # a simulated budget or a real device running out
+
+
+def peak_within(fn, *args, device=None, budget=None, **kwargs):
+    """:func:`peak_memory` of ``fn(*args, **kwargs)``, raising :class:`MemoryBudgetExceeded` once it passes
+    ``budget`` bytes (on the CPU at the allocation that passes it, elsewhere after the call)."""
+    device = torch.device(device) if device is not None else _device_of(args, kwargs)
+    if device.type == "cpu":
+        with BudgetedPeak(device, budget) as tracker:
+            fn(*args, **kwargs)
+        return tracker.peak
+    peak = peak_memory(fn, *args, device=device, **kwargs)
+    if budget is not None and peak > budget:
+        raise MemoryBudgetExceeded(f"{peak:,} bytes at the peak, over the budget of {budget:,}")
+    return peak
+
+
 def _device_of(args, kwargs):
     for t in tree_flatten((args, kwargs))[0]:
         if isinstance(t, torch.Tensor):

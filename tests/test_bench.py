@@ -157,3 +157,36 @@ def test_reversible_rows_and_flat_memory():
     assert act["ordinary", 3] > 2 * act["ordinary", 1]
     for row in rows:
         assert 0 < row["act_mb"] < row["peak_mb"]
+
+
+def lesson_cell(lesson, marker):
+    """The source of the code cell of ``notebooks/<lesson>*.ipynb`` that contains ``marker``."""
+    import json
+    from pathlib import Path
+
+    path = next((Path(__file__).parents[1] / "notebooks").glob(f"{lesson}_*.ipynb"))
+    cells = [''.join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    (source,) = [s for s in cells if marker in s]
+    return source
+
+
+def test_a_step_over_the_budget_is_out_of_memory_and_the_sweep_goes_on():
+    # full attention's [b, h, L, L] tensors: 16, 32 and 64 MiB at 256, 512, 1024 with 1024 tokens per step
+    rows = bench.bench_attention((256, 512, 1024), (4,), total_tokens=1024, repeats=1, device="cpu", sdpa=False,
+                                 full_memory_limit=2**40, memory_budget=48 * 2**20)
+    status = {(r["model"], r["length"]): r.get("skipped", "ok") for r in rows}
+    assert status == {("LSH-4", 256): "ok", ("LSH-4", 512): "ok", ("LSH-4", 1024): "ok",
+                      ("full (shared-QK)", 256): "ok", ("full (shared-QK)", 512): "ok",
+                      ("full (shared-QK)", 1024): "out of memory"}
+    assert "out of memory" in bench.format_table(rows)
+
+
+def test_lesson_02s_memory_claim_holds_when_full_attention_skips_the_long_lengths():
+    """At full scale full attention runs at the short lengths only. Lesson 02 compared its growth with the
+    LSH rows' length ratio (32 against a growth of 1.0): the lesson failed on every GPU."""
+    rows = bench.bench_attention((256, 512, 1024), (4,), total_tokens=1024, repeats=1, device="cpu", sdpa=False,
+                                 full_memory_limit=40 * 2**20)  # skips full attention at 1024
+    assert any(r["model"].startswith("full") and "skipped" in r for r in rows)
+    exec(lesson_cell("02", 'bench.memory_growth(rows, "full (shared-QK)")'), {"bench": bench, "rows": rows})
+    with pytest.raises(ValueError, match="full \\(shared-QK\\) ran at 1 length\\(s\\); a growth needs two"):
+        bench.memory_growth([r for r in rows if r["length"] != 512], "full (shared-QK)")
