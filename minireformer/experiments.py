@@ -14,10 +14,12 @@ Attention is written as in the paper's table: ``"full"`` or ``"lsh-R"`` (R hash 
 
 import json
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import plan
 from .scale import SCALES, current_scale
 from .train import Trainer, TrainConfig, cpu_threads, positive_int, resolve_device
 
@@ -66,9 +68,16 @@ def duplication_configs(attention, scale="quick", **train_overrides):
     return model, TrainConfig(task="duplication", **dict(setting["train"], **train_overrides))
 
 
-def train_duplication(attention, scale="quick", *, out_dir=None, progress=True, **train_overrides):
-    """Train one model of Table 2 (``attention`` = its row) and return its :class:`Trainer`."""
+def train_duplication(attention, scale="quick", *, out_dir=None, memory=None, progress=True, **train_overrides):
+    """Train one model of Table 2 (``attention`` = its row) and return its :class:`Trainer`. ``memory`` (bytes
+    or ``"device"``): first ask the memory plan for a micro-batch that fits (``MemoryError`` when none does)."""
     model, train = duplication_configs(attention, scale, **train_overrides)
+    if memory is not None:
+        micro, reason = plan.micro_batch_for(model, asdict(train), memory, vocab=train.n_symbols + 1)
+        if micro is None:
+            raise MemoryError(f"Table 2, train {attention}: {reason} (the memory plan)")
+        if micro < train.batch_size:
+            train = replace(train, micro_batch_size=micro)
     trainer = Trainer(model, train, out_dir)
     trainer.run(progress=progress)
     return trainer
@@ -95,7 +104,8 @@ def duplication_table(scale="quick", *, trains=TRAIN_ATTENTIONS, evals=EVAL_ATTE
     table = {}
     with cpu_threads(setting["threads"] if resolve_device(train_overrides.get("device", "auto")).type == "cpu" else None):
         for name in tqdm(trains, desc="Table 2", unit="model", disable=not progress):
-            trainer = train_duplication(name, scale, progress=progress, **train_overrides)
+            trainer = train_duplication(name, scale, progress=progress, memory="device" if scale == "full" else None,
+                                        **train_overrides)
             table[name] = evaluate_attentions(trainer, evals, batches)
     return table
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .complexity import loglog_slope
 from .memory import OUT_OF_MEMORY, BudgetedPeak, MemoryBudgetExceeded, peak_within  # noqa: F401 (re-exported)
+from . import plan
 from .model import ReformerConfig, ReformerLM
 from .scale import current_scale
 from .train import Trainer, TrainConfig, resolve_device, sequence_loss
@@ -91,13 +92,16 @@ def variants(names):
 
 
 # ---- learning curves -------------------------------------------------------------------------------------------
-def learning_curves(models, *, model, train, corpus=None, seed=0, progress=True):
+def learning_curves(models, *, model, train, corpus=None, seed=0, memory=None, progress=True):
     """Train each of ``models`` (``{name: ReformerConfig options}``) on the byte corpus and record held-out
     bits per byte every ``train["eval_every"]`` steps (and before the first step).
 
     ``model``: options shared by all (the size); ``train``: :class:`~minireformer.train.TrainConfig` options
     (the task is ``"text"``); ``corpus``: a text file, or ``None`` for the standard library's source. Every
     run starts from ``seed``: the same initial weights where the shapes agree, the same batches.
+    ``memory`` (bytes, ``"device"`` or ``None``: no check): each model first asks the memory plan
+    (:func:`minireformer.plan.micro_batch_for`) and trains its batch in micro-batches that fit, or is left out
+    with the reason printed.
     Returns ``{name: {"step": [...], "bits_per_byte": [...], "seconds", "tokens_per_s", "parameters", "trainer"}}``;
     ``trainer`` holds the trained model (``trainer.model``).
     """
@@ -105,7 +109,16 @@ def learning_curves(models, *, model, train, corpus=None, seed=0, progress=True)
         raise ValueError("models must name at least one model to train")
     curves = {}
     for name, options in models.items():
-        config = TrainConfig(**dict(train, task="text", corpus=corpus, seed=seed))
+        micro = None
+        if memory is not None:
+            micro, reason = plan.micro_batch_for(dict(model, **options), dict(train, task="text"), memory, vocab=256)
+            if micro is None:
+                print(f"{name}: skipped, {reason} (the memory plan)")
+                continue
+            if micro < train["batch_size"]:
+                print(f"{name}: batch {train['batch_size']} as micro-batches of {micro} (the memory plan)")
+        config = TrainConfig(**dict(train, task="text", corpus=corpus, seed=seed,
+                                    micro_batch_size=micro if micro and micro < train["batch_size"] else None))
         trainer = Trainer(dict(model, **options), config)
         start = [(0, trainer.evaluate()["bits_per_byte"])]
         clock = time.perf_counter()
@@ -291,7 +304,8 @@ def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None,
     for part in parts:
         if part in ("curves", "figure3"):
             names = CURVES if part == "curves" else FIGURE3
-            curves = learning_curves(variants(names), model=s["model"], train=s["train"], progress=progress)
+            curves = learning_curves(variants(names), model=s["model"], train=s["train"], progress=progress,
+                                     memory=memory_budget or "device" if s["scale"] == "full" else None)
             print(f"\n{part}: held-out bits per byte, seq_len {s['train']['seq_len']}, batch {s['train']['batch_size']}")
             print(format_curves(curves))
             results[part] = {n: {k: v for k, v in c.items() if k != "trainer"} for n, c in curves.items()}
@@ -308,7 +322,7 @@ def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None,
         else:
             long = s["long"]
             curves = learning_curves({"Reformer": VARIANTS["Reformer"]}, model=long["model"], train=long["train"],
-                                     progress=progress)
+                                     progress=progress, memory=memory_budget or "device" if s["scale"] == "full" else None)
             print(f"\nlong: a Reformer on sequences of {long['train']['seq_len']} bytes")
             print(format_curves(curves))
             results["long"] = {n: {k: v for k, v in c.items() if k != "trainer"} for n, c in curves.items()}

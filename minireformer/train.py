@@ -46,6 +46,7 @@ class TrainConfig:
     task: str = "duplication"  # "duplication" (0w0w, accuracy on the second half) or "text" (bits per byte)
     steps: int = 1000
     batch_size: int = 16  # the global batch: split across processes under torchrun
+    micro_batch_size: int | None = None  # a process's share in pieces of this size, gradients accumulated (memory)
     seq_len: int = 128
     lr: float = 1e-3
     warmup: int = 100
@@ -75,6 +76,12 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.grad_clip >= 0 or not self.weight_decay >= 0:
             raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}")
+        if self.micro_batch_size is not None and (isinstance(self.micro_batch_size, bool)
+                                                  or not isinstance(self.micro_batch_size, int)
+                                                  or self.micro_batch_size < 1
+                                                  or self.batch_size % self.micro_batch_size):
+            raise ValueError(f"micro_batch_size must be a positive integer that divides batch_size "
+                             f"({self.batch_size}), got {self.micro_batch_size!r}")
         if self.task == "duplication" and self.seq_len % 2:
             raise ValueError(f"seq_len must be even for the duplication task (0 w 0 w), got {self.seq_len}")
 
@@ -196,6 +203,10 @@ class Trainer:
         self.world = torch.distributed.get_world_size() if self.distributed else 1
         if c.batch_size % self.world:
             raise ValueError(f"batch_size ({c.batch_size}) must be divisible by the number of processes ({self.world})")
+        self.micro = c.micro_batch_size or c.batch_size // self.world
+        if (c.batch_size // self.world) % self.micro:
+            raise ValueError(f"micro_batch_size ({self.micro}) must divide each process's share of the batch "
+                             f"({c.batch_size // self.world})")
         if c.task == "text":
             self.corpus = ByteCorpus(load_corpus(c.corpus))
             self.corpus.check_length(c.seq_len)  # now, not at the first step
@@ -216,10 +227,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step, self.metrics = 0, []
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.forward = self.model
+        self.forward, self.ddp = self.model, None
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.forward = self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if c.compile:
             self.forward = torch.compile(self.forward)
         if resume and self.out_dir is not None and (self.out_dir / "checkpoint.pt").exists():
@@ -264,17 +275,29 @@ class Trainer:
     def _train_step(self):
         self.model.train()
         tokens = self.batch(self.generator)
-        with self.autocast():
-            loss, accuracy = sequence_loss(self.forward, tokens, self.config.task)
-        # averaged over the processes, so every process sees the same number and stops together
-        loss_value, accuracy_value = mean_over_processes(loss.item(), accuracy.item(), device=self.device)
-        if not math.isfinite(loss_value):
-            where = f"the last checkpoint is in {self.out_dir}" if self.out_dir is not None else "no checkpoint is kept"
-            raise FloatingPointError(
-                f"the loss became {loss_value} at step {self.step + 1}; stopping. Try a lower lr (now "
-                f"{self.config.lr}) or stronger gradient clipping (grad_clip now {self.config.grad_clip}); {where}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Micro-batches of equal size, each loss divided by their number: the gradients add up to the whole
+        # batch's (each micro-batch draws its own LSH rotations and dropout masks).
+        pieces = tokens.split(self.micro)
+        losses, accuracies = [], []
+        for i, piece in enumerate(pieces):
+            later = self.ddp is not None and i < len(pieces) - 1  # DDP averages the gradients at the last piece
+            with self.ddp.no_sync() if later else contextlib.nullcontext():
+                with self.autocast():
+                    loss, accuracy = sequence_loss(self.forward, piece, self.config.task)
+                # averaged over the processes, so every process sees the same number and stops together
+                loss_value, accuracy_value = mean_over_processes(loss.item(), accuracy.item(), device=self.device)
+                if not math.isfinite(loss_value):
+                    where = (f"the last checkpoint is in {self.out_dir}" if self.out_dir is not None
+                             else "no checkpoint is kept")
+                    raise FloatingPointError(
+                        f"the loss became {loss_value} at step {self.step + 1}; stopping. Try a lower lr (now "
+                        f"{self.config.lr}) or stronger gradient clipping (grad_clip now {self.config.grad_clip}); "
+                        f"{where}")
+                (loss / len(pieces)).backward()
+            losses.append(loss_value)
+            accuracies.append(accuracy_value)
+        loss_value, accuracy_value = sum(losses) / len(losses), sum(accuracies) / len(accuracies)
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -451,6 +474,9 @@ def add_train_arguments(parser):
     run.add_argument("--steps", type=positive_int, default=t.steps, help="(default %(default)s)")
     run.add_argument("--batch-size", type=positive_int, default=t.batch_size,
                      help="global batch, split over torchrun's processes (default %(default)s)")
+    run.add_argument("--micro-batch-size", type=positive_int,
+                     help="train each process's share of the batch in pieces of this size, gradients accumulated "
+                          "(less memory, the same global batch; default: the whole share at once)")
     run.add_argument("--seq-len", type=positive_int, default=t.seq_len, help="(default %(default)s)")
     run.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate after warm-up (default %(default)s)")
     run.add_argument("--warmup", type=non_negative_int, default=t.warmup, help="linear warm-up steps (default %(default)s)")

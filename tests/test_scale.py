@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from minireformer.scale import ENV_VAR, current_scale, pick
+from minireformer.scale import ENV_VAR, current_scale, expect, pick
 
 
 def test_default_follows_cuda(monkeypatch):
@@ -39,3 +39,11 @@ def test_the_test_run_is_quick_even_on_a_cuda_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert os.environ[ENV_VAR] == "quick"
     assert current_scale() == "quick"
+
+
+def test_a_missed_threshold_fails_at_quick_scale_and_is_reported_at_full(capsys):
+    assert expect(True, "holds", scale="full") and expect(True, "holds", scale="quick")
+    with pytest.raises(AssertionError, match="bits per byte < 2.5"):
+        expect(False, "bits per byte < 2.5", scale="quick")
+    assert expect(False, "bits per byte < 2.5", scale="full") is False
+    assert "✗ missed at the full scale (an uncalibrated threshold" in capsys.readouterr().out

@@ -342,3 +342,22 @@ def test_a_too_small_corpus_ends_train_with_one_line(text, message, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert __import__("re").search(message, err)
+
+
+def test_micro_batches_accumulate_to_the_whole_batchs_step():
+    """batch 8 as 4 micro-batches of 2 takes the same optimizer step as batch 8 at once (full attention and
+    no dropout: nothing random inside the model), up to float32 summation order."""
+    model = dict(TINY_MODEL, attention="full", dropout=0.0)
+    whole = Trainer(model, tiny_train(batch_size=8, steps=3))
+    pieces = Trainer(model, tiny_train(batch_size=8, steps=3, micro_batch_size=2))
+    assert pieces.micro == 2
+    for _ in range(3):
+        assert whole.train_step() == pytest.approx(pieces.train_step(), rel=1e-5)
+    for a, b in zip(whole.model.parameters(), pieces.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("micro", [3, 0, True])
+def test_a_micro_batch_must_divide_the_batch(micro):
+    with pytest.raises(ValueError, match="micro_batch_size must be a positive integer that divides batch_size"):
+        tiny_train(batch_size=8, micro_batch_size=micro)
