@@ -7,6 +7,7 @@
     eval      evaluate a checkpoint, as trained or with another attention (full, LSH with K rounds)
     duplication  the paper's Table 2: train with full/LSH-1/2/4 attention, evaluate with full/LSH-8/4/2/1
     longseq   lesson 07: byte-level LM curves (Reformer vs Transformer, Figure 3), memory and speed vs length
+    fullscale one command for a GPU owner: every full-scale experiment, results and figures under runs/full
     plan      every run of a scale with its predicted peak memory and a verdict for a device size (--memory 40GiB)
     bench     timings and peak memory: `bench attention` (one layer, Figure 5), `bench reversible` (depth),
               `bench buckets` (float32 rebuilt inputs, LSH buckets replayed or hashed again);
@@ -117,7 +118,7 @@ def main(argv=None):
     from . import experiments, train as training  # lesson 06: training and the duplication experiment
     from . import longseq  # lesson 07: long sequences
     from . import bench  # lessons 02-03: benchmarks
-    from . import plan  # the memory plan of the full scale
+    from . import fullscale, plan  # the memory plan of the full scale, and the GPU owner's command
 
     subparsers = {
         "train": training.add_train_arguments(commands.add_parser("train", help="train a model (see train --help)")),
@@ -127,6 +128,7 @@ def main(argv=None):
         "longseq": longseq.add_arguments(commands.add_parser("longseq", help="lesson 07: long-sequence experiments")),
         "bench": bench.add_arguments(commands.add_parser("bench", help="benchmarks: bench attention | bench reversible | bench buckets")),
         "plan": plan.add_arguments(commands.add_parser("plan", help="predicted peak memory of every run, and what fits")),
+        "fullscale": fullscale.add_arguments(commands.add_parser("fullscale", help="every full-scale experiment (GPU)")),
     }
     args = parser.parse_args(argv)
     if args.command == "figures":
@@ -154,6 +156,8 @@ def main(argv=None):
         bench.from_args(args, subparsers["bench"])
     elif args.command == "plan":
         plan.from_args(args, subparsers["plan"])
+    elif args.command == "fullscale":
+        fullscale.from_args(args, subparsers["fullscale"])
 
 
 if __name__ == "__main__":

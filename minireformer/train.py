@@ -3,7 +3,7 @@
 What a training run must get right, and where it is done here:
 
 - **device** ``auto`` picks CUDA when present, else the CPU; on CUDA the step runs under bf16 autocast;
-  ``compile=True`` wraps the model in ``torch.compile``.
+  ``compile=True`` wraps the model in ``torch.compile`` (a string: that backend, e.g. ``"aot_eager"``).
 - **optimisation**: AdamW, a linear warm-up then constant learning rate, gradient clipping.
 - **exact resume**: a checkpoint holds the model, the optimizer, the scheduler, the step and every random
   state (torch's CPU/CUDA generators, which draw dropout masks and hash rotations, and the data
@@ -57,7 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end (and on Ctrl-C)
     seed: int = 0
     device: str = "auto"
-    compile: bool = False
+    compile: bool | str = False  # True: torch.compile's default backend (inductor); a string: that backend
     corpus: str | None = None  # text task: a file (enwik8, ...); None: the Python standard library's source
     n_symbols: int = 127  # duplication task: w is drawn from 1..n_symbols
 
@@ -232,7 +232,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if c.compile:
-            self.forward = torch.compile(self.forward)
+            self.forward = torch.compile(self.forward, **({"backend": c.compile} if isinstance(c.compile, str) else {}))
         if resume and self.out_dir is not None and (self.out_dir / "checkpoint.pt").exists():
             self.load(self.out_dir / "checkpoint.pt")
 
@@ -490,7 +490,8 @@ def add_train_arguments(parser):
     run.add_argument("--n-symbols", type=positive_int, default=t.n_symbols,
                      help="duplication: w is drawn from 1..N (default %(default)s, as the paper)")
     run.add_argument("--device", default=t.device, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    run.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    run.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                     help="wrap the model in torch.compile (BACKEND: e.g. aot_eager; default: inductor)")
     run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     m, model = ReformerConfig, parser.add_argument_group("model (unset: the ReformerConfig default)")
     for name, kind, text in [("d_model", positive_int, ""), ("n_heads", positive_int, ""), ("d_ff", positive_int, ""),

@@ -361,3 +361,14 @@ def test_micro_batches_accumulate_to_the_whole_batchs_step():
 def test_a_micro_batch_must_divide_the_batch(micro):
     with pytest.raises(ValueError, match="micro_batch_size must be a positive integer that divides batch_size"):
         tiny_train(batch_size=8, micro_batch_size=micro)
+
+
+def test_compile_traces_the_model_and_trains_as_eager():
+    """torch.compile through dynamo and AOT autograd (backend aot_eager: inductor's C++ build would take a
+    minute of CI): the reversible custom backward, LSH's sort and the checks all trace, and the steps equal
+    the eager ones (aot_eager draws LSH's rotations from the same generator)."""
+    eager = Trainer(TINY_MODEL, tiny_train(steps=2))
+    compiled = Trainer(TINY_MODEL, tiny_train(steps=2, compile="aot_eager"))
+    assert compiled.forward is not compiled.model
+    for _ in range(2):
+        assert compiled.train_step() == pytest.approx(eager.train_step(), rel=1e-6)
