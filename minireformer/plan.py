@@ -8,7 +8,8 @@ plus what one step allocates, which grows in the batch ``B`` and the length ``L`
 
     step(B, L) = g + B (a L + c L^2)
 
-``g``: the parameters' gradients and what does not depend on the batch; ``a L``: activations, logits and
+``g``: what does not depend on the batch (the parameters' gradients are counted with the parameters,
+as they exist through the step); ``a L``: activations, logits and
 LSH's chunks; ``c L^2``: the scores of full attention. :func:`predict` measures a step exactly (tensor
 storages on the CPU, :func:`minireformer.memory.peak_memory`) at three small lengths and two batch sizes
 of the run's own model (its real width and depth), solves for ``g``, ``a`` and ``c``, and evaluates the
@@ -162,29 +163,34 @@ def build(run, *, max_len=None):
     raise ValueError(f"run kind must be 'lm', 'attention' or 'stack', got {run.kind!r}")
 
 
-def step_function(run, module, batch, length, device="cpu"):
-    """A zero-argument training step (gradients set afresh, forward, backward) of ``module`` at ``[batch, length]``."""
+def step_function(run, module, batch, length, device="cpu", keep_grads=False):
+    """A zero-argument training step (gradients set afresh, forward, backward) of ``module`` at ``[batch, length]``;
+    ``keep_grads``: zero the parameters' gradients in place instead of freeing them."""
     g = torch.Generator().manual_seed(0)
     if run.kind == "lm":
         extra = 0 if run.task == "duplication" else 1  # the model reads seq_len - 1 (duplication) or seq_len tokens
         tokens = torch.randint(0, run.model["vocab_size"], (batch, length + extra), generator=g).to(device)
 
         def step():
-            module.zero_grad(set_to_none=True)
+            module.zero_grad(set_to_none=not keep_grads)
             sequence_loss(module, tokens, run.task)[0].backward()
         return step
     x = torch.randn(batch, length, 256, generator=g).to(device).requires_grad_()
 
     def step():
-        module.zero_grad(set_to_none=True)
+        module.zero_grad(set_to_none=not keep_grads)
         x.grad = None
         module(x).float().sum().backward()
     return step
 
 
 def step_peak(run, module, batch, length):
-    """Exact peak extra bytes of one training step on the CPU (tensor storages)."""
-    step = step_function(run, module, batch, length)
+    """Exact peak extra bytes of one training step on the CPU (tensor storages), the parameters' gradients
+    left out: they exist before the step (a warm-up step makes them, the step zeroes them in place), so what
+    is measured is what grows with B and L. At short L the gradients of a large model would otherwise set the
+    peak (the end of the backward pass) and hide the activations that set it at the real length."""
+    step = step_function(run, module, batch, length, keep_grads=True)
+    step()
     with StoragePeak(torch.device("cpu")) as tracker:
         step()
     return tracker.peak
@@ -209,7 +215,7 @@ def _through(points):
 
 @dataclass
 class Prediction:
-    """``static``: the parameters (and AdamW's two moments with a step's temporaries); a step's extra bytes
+    """``static``: the parameters and gradients (and AdamW's two moments with a step's temporaries); a step's extra bytes
     ``g + B (b0 + a L + c L^2)``; its seconds ``B (ta L + tc L^2)`` (``None``: not timed)."""
     params: int  # bytes of the parameters
     optimizer: bool  # the run keeps AdamW's state
@@ -222,8 +228,9 @@ class Prediction:
 
     @property
     def static(self):
-        """Bytes held before a step: the weights, and with AdamW its two moments and a step's temporaries."""
-        return self.params * (4 if self.optimizer else 1)
+        """Bytes held through a step: the weights and their gradients, and with AdamW its two moments and a
+        step's temporaries."""
+        return self.params * (5 if self.optimizer else 2)
 
     def peak(self, batch, length):
         return int(self.static + self.step_bytes(batch, length))
@@ -300,12 +307,13 @@ def verdict(run, prediction, memory):
     return "skipped", None, peak, f"needs {human(peak)}"
 
 
-def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True, progress=True, only=None):
+def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True, progress=True, only=None, cache=None):
     """The plan: one row per :func:`runs` entry (``only``: a subset of runs), each with ``name``, ``where``,
     ``batch_size``, ``micro_batch``, ``seq_len``, ``peak_bytes``, ``verdict``, ``reason``, ``seconds_per_step``
-    and ``hours`` (the whole run at the predicted step time)."""
+    and ``hours`` (the whole run at the predicted step time). ``cache``: a dict that keeps the predictions
+    for another call (another memory size)."""
     memory = device_memory() if memory is None else memory
-    cache, rows = {}, []
+    cache, rows = {} if cache is None else cache, []
     for run in tqdm(only if only is not None else runs(scale), desc="memory plan", unit="run", disable=not progress):
         probes = probe_lengths(run, lengths)
         if (run.key, probes) not in cache:

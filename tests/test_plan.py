@@ -49,8 +49,8 @@ def test_the_predicted_attention_layer_is_within_25_percent(kind):
 
 
 def fake_prediction(per_sample):
-    """A step of 1 GiB fixed plus ``per_sample`` bytes per sample; 1 GiB of parameters held with AdamW."""
-    return plan.Prediction(params=GiB // 4, optimizer=True, g=GiB, b0=per_sample, a=0.0, c=0.0)
+    """A step of 1 GiB fixed plus ``per_sample`` bytes per sample; 1 GiB held with AdamW (5 x the parameters)."""
+    return plan.Prediction(params=GiB // 5, optimizer=True, g=GiB, b0=per_sample, a=0.0, c=0.0)
 
 
 def test_the_verdicts():
@@ -58,7 +58,8 @@ def test_the_verdicts():
     memory = 20 * GiB  # 18 GiB usable at HEADROOM 0.9; static 1 GiB + g 1 GiB: 16 GiB for the samples
     assert plan.verdict(run, fake_prediction(GiB), memory)[:2] == ("fits", 8)
     name, micro, peak, reason = plan.verdict(run, fake_prediction(3 * GiB), memory)
-    assert (name, micro, peak) == ("fits with micro-batch 4", 4, 14 * GiB)  # 8 samples need 26 GiB; 4 need 14
+    assert (name, micro) == ("fits with micro-batch 4", 4)  # 8 samples need 26 GiB; 4 need 14
+    assert peak == pytest.approx(14 * GiB, abs=8)
     assert reason == "batch 8 as 2 accumulated micro-batches of 4"
     name, micro, _, reason = plan.verdict(run, fake_prediction(20 * GiB), memory)
     assert (name, micro) == ("skipped", None) and reason.startswith("needs 22.00 GiB even at micro-batch 1")
