@@ -225,6 +225,7 @@ class Prediction:
     c: float
     ta: float | None = None
     tc: float | None = None
+    lengths: tuple = ()  # the probes the fit went through
 
     @property
     def static(self):
@@ -236,8 +237,8 @@ class Prediction:
         return int(self.static + self.step_bytes(batch, length))
 
     def train_step_bytes(self, batch, length):
-        """What a whole training step allocates above the weights: the step and, at the first step, AdamW's
-        state (what :func:`dry_run` measures)."""
+        """What a whole training step allocates above the weights: its gradients, the step and, with AdamW,
+        its state (allocated at the first step): what :func:`dry_run` measures."""
         return self.peak(batch, length) - self.params
 
     def step_bytes(self, batch, length):
@@ -263,13 +264,27 @@ def probe_lengths(run, lengths=PROBE_LENGTHS):
     return tuple(2 * max(1, run.seq_len // d // 2) for d in (4, 2, 1))
 
 
-def predict(run, lengths=None, *, time_it=True):
+def growing(m, quadratic_growth):
+    """Whether three peaks at lengths ``L, 2L, 4L`` grow as the step's tensors do. A constant temporary (a
+    large gradient, a fused kernel's buffer) can set the peak at short lengths and hide the activations: then
+    the peak barely grows, or the first step of the doubling adds far less than half of the second, and the
+    probes must be longer. Linear growth adds ``aL`` then ``2aL``; quadratic up to ``3cL^2`` then ``12cL^2``."""
+    first, second = m[1] - m[0], m[2] - m[1]
+    # and the last doubling adds a quarter of the peak or more: a hidden step still grows, but only a little
+    return second >= m[2] / 4 and first > second / (4.5 if quadratic_growth else 2.9)
+
+
+def predict(run, lengths=None, *, time_it=True, longest=8192):
     """Measure the run's step at ``lengths`` (default :func:`probe_lengths`; batch 1, and batch 2 at the first)
-    and fit :class:`Prediction`; ``time_it``: time the two longest probes too (on the CPU)."""
+    and fit :class:`Prediction`; ``time_it``: time the two longest probes too (on the CPU). Probes that do not
+    yet grow as the step's tensors do (:func:`growing`) are doubled, up to ``longest`` or the run's length."""
     lengths = sorted(probe_lengths(run) if lengths is None else lengths)
     module = build(run, max_len=max(run.model.get("max_len", 0), max(lengths)) if run.kind == "lm" else None)
     module.train()
     m1 = [step_peak(run, module, 1, n) for n in lengths]
+    while not growing(m1, quadratic(run)) and 2 * lengths[-1] <= min(longest, run.seq_len):
+        lengths = [2 * n for n in lengths]
+        m1 = m1[1:] + [step_peak(run, module, 1, lengths[-1])]
     per_sample = step_peak(run, module, 2, lengths[0]) - m1[0]
     g = max(0.0, m1[0] - per_sample)
     points = [(n, m - g) for n, m in zip(lengths[1:], m1[1:])]
@@ -284,7 +299,7 @@ def predict(run, lengths=None, *, time_it=True):
     if time_it:
         ta, tc = _through([(n, step_seconds(run, module, 1, n)) for n in lengths[1:]])
     params = sum(p.numel() * p.element_size() for p in module.parameters())
-    return Prediction(params, run.optimizer, g, b0, a, c, ta, tc)
+    return Prediction(params, run.optimizer, g, b0, a, c, ta, tc, tuple(lengths))
 
 
 # ---- the verdicts -----------------------------------------------------------------------------------------------
@@ -359,34 +374,50 @@ def micro_batch_for(model, train, memory, *, vocab):
     return micro_batch(lm_run("run", "", model, train, vocab=vocab), memory)
 
 
+def dry_runs(scale="full", memory=None):
+    """The runs a dry run takes: every training run, and for each model of the length sweep its longest step
+    that fits ``memory`` (the sweep's other steps are the same model at shorter lengths)."""
+    all_runs = [r for r in runs(scale) if r.kind == "lm"]
+    chosen = [r for r in all_runs if not r.sweep]
+    for name in dict.fromkeys(r.name for r in all_runs if r.sweep):
+        steps = [r for r in all_runs if r.name == name]
+        prediction = predict(steps[0], time_it=False)
+        fitting = [r for r in steps if verdict(r, prediction, memory)[0] == "fits"]
+        chosen += fitting[-1:]
+    return chosen
+
+
 def dry_run(scale="full", memory=None, *, only=None, progress=True):
-    """One training step of every Trainer run of :func:`runs` at its real shapes on this machine, with the
-    micro-batch the plan picks for ``memory`` (default: this machine's available RAM; ``only``: these runs): the configuration
-    builds and trains. Returns rows with the predicted and the measured (exact, CPU) peak of the step, AdamW's
-    state (allocated at the first step) included."""
+    """One training step of every training run of :func:`runs` at its real shapes on this machine (and the
+    longest step of each sweep model that fits, :func:`dry_runs`), with the micro-batch the plan picks for
+    ``memory`` (default: this machine's available RAM; ``only``: these runs): the configuration builds and
+    trains. A training run takes a :class:`~minireformer.train.Trainer` step, AdamW's first step included; a
+    sweep's step is a forward and backward with the gradients set afresh, as the sweep's own. Returns rows with the predicted and the measured (exact, CPU)
+    peak of that step, the parameters' gradients included."""
     from .train import TrainConfig, Trainer
 
     memory = device_memory("cpu") if memory is None else memory
     rows = []
-    chosen = only if only is not None else [r for r in runs(scale) if r.kind == "lm" and not r.sweep]
-    for run in tqdm(chosen, desc="dry run", disable=not progress):
+    for run in tqdm(only if only is not None else dry_runs(scale, memory), desc="dry run", disable=not progress):
         prediction = predict(run, time_it=False)
         name, micro, _, reason = verdict(run, prediction, memory)
         row = dict(name=run.name, seq_len=run.seq_len, batch_size=run.batch_size, micro_batch=micro, verdict=name,
                    reason=reason, predicted_step_bytes=None, measured_step_bytes=None, seconds=None)
         if micro is not None:
             model = {k: v for k, v in run.model.items() if k != "vocab_size"}
-            # one step of one micro-batch: the peak of a step with more is the same, and the CPU's time is short
-            config = TrainConfig(task=run.task, seq_len=run.seq_len, batch_size=micro, steps=1, eval_every=1,
-                                 eval_batches=1, device="cpu")
-            trainer = Trainer(model, config)
+            if run.sweep:
+                step = step_function(run, build(run).train(), micro, run.seq_len)  # gradients made in the step
+            else:  # one step of one micro-batch: the peak of a step with more is the same, and the CPU's time short
+                config = TrainConfig(task=run.task, seq_len=run.seq_len, batch_size=micro, steps=1, eval_every=1,
+                                     eval_batches=1, device="cpu")
+                step = Trainer(model, config).train_step
             with StoragePeak(torch.device("cpu")) as tracker:
                 start = time.perf_counter()
-                trainer.train_step()
+                step()
                 row["seconds"] = time.perf_counter() - start
             row["predicted_step_bytes"] = prediction.train_step_bytes(micro, run.seq_len)
             row["measured_step_bytes"] = tracker.peak
-            del trainer
+            del step
         rows.append(row)
     return rows
 

@@ -126,3 +126,18 @@ def test_learning_curves_ask_the_plan_and_shrink_the_batch_or_skip(capsys):
 
 def test_the_device_memory_is_positive():
     assert plan.device_memory("cpu") > 0 and plan.human(plan.device_memory("cpu")).endswith("B")
+
+
+def test_probes_grow_past_a_constant_that_hides_the_activations(monkeypatch):
+    """A learned position table for 32K positions: its gradient's temporary (8 MiB here) sets the peak of a
+    short step, so probes at 256-1024 see little growth and would predict the long step at a fraction of its
+    size. The probes double until the peak grows as the activations do."""
+    run = plan.lm_run("sweep", "test", dict(SMALL, **longseq.VARIANTS["Reformer"], n_layers=1, max_len=32768),
+                      dict(seq_len=8192, batch_size=1), vocab=256, sweep=True)
+    module = plan.build(run).train()
+    measured = plan.step_peak(run, module, 1, 8192)
+    prediction = plan.predict(run, time_it=False, longest=4096)  # probes up to 4096, half the length predicted
+    assert plan.PROBE_LENGTHS[0] < prediction.lengths[0] and prediction.lengths[-1] <= 4096  # it doubled
+    assert prediction.step_bytes(1, 8192) == pytest.approx(measured, rel=0.25)
+    monkeypatch.setattr(plan, "growing", lambda m, quadratic: True)  # the fit at the first probes
+    assert plan.predict(run, time_it=False).step_bytes(1, 8192) < 0.75 * measured
