@@ -44,6 +44,7 @@ from .train import sequence_loss
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 HEADROOM = 0.9  # a run "fits" when its predicted peak is at most this share of the memory
 PROBE_LENGTHS = (256, 512, 1024)  # the small lengths a prediction is measured at (two batch sizes at the first)
+PROBE_BATCH = 8  # the largest batch the probes run at (the run's own batch when it is smaller)
 
 
 def parse_size(text):
@@ -275,24 +276,30 @@ def growing(m, quadratic_growth):
 
 
 def predict(run, lengths=None, *, time_it=True, longest=8192):
-    """Measure the run's step at ``lengths`` (default :func:`probe_lengths`; batch 1, and batch 2 at the first)
-    and fit :class:`Prediction`; ``time_it``: time the two longest probes too (on the CPU). Probes that do not
+    """Measure the run's step at ``lengths`` (default :func:`probe_lengths`) at its batch (at most
+    :data:`PROBE_BATCH`), and at batch 1 (or 2) at the first length, and fit :class:`Prediction`; ``time_it``: time the two longest probes too (on the CPU). Probes that do not
     yet grow as the step's tensors do (:func:`growing`) are doubled, up to ``longest`` or the run's length."""
     lengths = sorted(probe_lengths(run) if lengths is None else lengths)
     module = build(run, max_len=max(run.model.get("max_len", 0), max(lengths)) if run.kind == "lm" else None)
     module.train()
-    m1 = [step_peak(run, module, 1, n) for n in lengths]
-    while not growing(m1, quadratic(run)) and 2 * lengths[-1] <= min(longest, run.seq_len):
+    # The length probes run at the run's own batch (up to PROBE_BATCH): what saturates with B x L (LSH hashes
+    # blocks of at most lsh.HASH_BLOCK coordinates) then shows as what it is at the real size, a constant.
+    batch = min(run.batch_size, PROBE_BATCH)
+    m = [step_peak(run, module, batch, n) for n in lengths]
+    while not growing(m, quadratic(run)) and 2 * lengths[-1] <= min(longest, run.seq_len):
         lengths = [2 * n for n in lengths]
-        m1 = m1[1:] + [step_peak(run, module, 1, lengths[-1])]
-    per_sample = step_peak(run, module, 2, lengths[0]) - m1[0]
-    g = max(0.0, m1[0] - per_sample)
-    points = [(n, m - g) for n, m in zip(lengths[1:], m1[1:])]
-    if quadratic(run):
-        a, c = _through(points)
-        b0 = 0.0
+        m = m[1:] + [step_peak(run, module, batch, lengths[-1])]
+    other = 2 if batch == 1 else 1  # a second batch size at the first length gives the per-sample share
+    per_sample = (m[0] - step_peak(run, module, other, lengths[0])) / (batch - other)
+    g = max(0.0, m[0] - batch * per_sample)
+    points = [(n, (v - g) / batch) for n, v in zip(lengths, m)]
+    if quadratic(run):  # b0 + a L + c L^2 through the three probes (L, 2L, 4L: second differences give c)
+        (l0, v0), (l1, v1), (l2, v2) = points
+        c = max(0.0, ((v2 - v1) / (l2 - l1) - (v1 - v0) / (l1 - l0)) / (l2 - l0))
+        a = max(0.0, (v2 - v1) / (l2 - l1) - c * (l2 + l1))
+        b0 = max(0.0, v2 - a * l2 - c * l2 ** 2)
     else:  # linear: b0 + a L through the two longest probes
-        (l0, v0), (l1, v1) = points
+        (l0, v0), (l1, v1) = points[1:]
         a, c = max(0.0, (v1 - v0) / (l1 - l0)), 0.0
         b0 = max(0.0, v1 - a * l1)
     ta = tc = None
