@@ -278,7 +278,7 @@ def growing(m, quadratic_growth):
 def predict(run, lengths=None, *, time_it=True, longest=8192):
     """Measure the run's step at ``lengths`` (default :func:`probe_lengths`) at its batch (at most
     :data:`PROBE_BATCH`), and at batch 1 (or 2) at the first length, and fit :class:`Prediction`; ``time_it``: time the two longest probes too (on the CPU). Probes that do not
-    yet grow as the step's tensors do (:func:`growing`) are doubled, up to ``longest`` or the run's length."""
+    yet grow as the step's tensors do (:func:`growing`) are doubled, up to ``longest`` or the model's ``max_len``."""
     lengths = sorted(probe_lengths(run) if lengths is None else lengths)
     module = build(run, max_len=max(run.model.get("max_len", 0), max(lengths)) if run.kind == "lm" else None)
     module.train()
@@ -286,7 +286,9 @@ def predict(run, lengths=None, *, time_it=True, longest=8192):
     # blocks of at most lsh.HASH_BLOCK coordinates) then shows as what it is at the real size, a constant.
     batch = min(run.batch_size, PROBE_BATCH)
     m = [step_peak(run, module, batch, n) for n in lengths]
-    while not growing(m, quadratic(run)) and 2 * lengths[-1] <= min(longest, run.seq_len):
+    # up to the longest length the model is built for: the sweep's steps of one model share one prediction
+    cap = min(longest, max(run.seq_len, run.model.get("max_len", 0) if run.kind == "lm" else 0))
+    while not growing(m, quadratic(run)) and 2 * lengths[-1] <= cap:
         lengths = [2 * n for n in lengths]
         m = m[1:] + [step_peak(run, module, batch, lengths[-1])]
     other = 2 if batch == 1 else 1  # a second batch size at the first length gives the per-sample share
