@@ -20,81 +20,61 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import complexity, hashing, plots
-
-ANGLES = hashing.angle_grid()  # 0°, 5°, ..., 180°
+from . import bench, complexity, experiments, fullscale, longseq, plan, train as training
 
 
-def figure_collision_probability():
-    measured = hashing.collision_curves(ANGLES)
-    exact = {"2 buckets, exact: 1 - θ/π": hashing.two_bucket_collision_probability(ANGLES)}
-    return plots.plot_collision_curves(ANGLES, measured, exact=exact)
-
-
-def figure_collision_rounds():
-    measured = {r: hashing.collision_curves(ANGLES, (8,), n_rounds=r)[8] for r in (1, 2, 4, 8)}
-    return plots.plot_rounds(ANGLES, measured, single=measured[1])
-
-
-def figure_recall():
-    rounds = [1, 2, 4, 8]
-    return plots.plot_recall(rounds, plots.recall_experiment(rounds))
-
-
-def figure_reversible_memory():  # lesson 03
-    depths = [1, 2, 4, 8, 12]
-    return plots.plot_memory_vs_depth(depths, plots.depth_memory_experiment(depths))
-
-
-def figure_reversible_drift():  # lesson 03
-    depths = [1, 2, 4, 8, 16, 24]
-    drift = plots.drift_experiment(depths)
-    return plots.plot_reconstruction_drift(depths, drift["error"], drift["bound"])
-
-
-def figure_chunked_ff_memory():  # lesson 04
-    n_chunks = [1, 2, 4, 8, 16]
-    return plots.plot_chunk_memory(n_chunks, plots.chunk_memory_experiment(n_chunks), d_ff=1024)
-
-
-def figure_duplication_task():  # lesson 06
+def figures():
+    """File name in figures/ -> function that draws it: the one place that joins an experiment (the module
+    that measures) to its picture (``plots``); the lessons draw the same figures with the same calls. Imported
+    here, when figures are drawn, so that the other commands do not load matplotlib."""
     import torch
 
+    from . import bench, hashing, plots
     from .data import duplication_batch
 
-    return plots.plot_duplication_batch(duplication_batch(4, 64, generator=torch.Generator().manual_seed(0)))
+    angles = hashing.angle_grid()  # 0°, 5°, ..., 180°
 
+    def collision_rounds():
+        measured = {r: hashing.collision_curves(angles, (8,), n_rounds=r)[8] for r in (1, 2, 4, 8)}
+        return plots.plot_rounds(angles, measured, single=measured[1])
 
-# file name in figures/ -> function that draws it; the lessons draw the same figures with the same calls.
-FIGURES = {
-    "hash_rotation.png": plots.plot_hash_rotation,
-    "collision_probability.png": figure_collision_probability,
-    "collision_rounds.png": figure_collision_rounds,
-    "lsh_sort.png": lambda: plots.plot_lsh_stage(plots.lsh_walkthrough(), "sort"),
-    "lsh_attention.png": lambda: plots.plot_lsh_stage(plots.lsh_walkthrough(), "combine"),
-    "lsh_recall.png": figure_recall,
-    "reversible_memory.png": figure_reversible_memory,
-    "reversible_drift.png": figure_reversible_drift,
-    "chunked_ff_memory.png": figure_chunked_ff_memory,
-    # lessons 00 and 05: memory measured on the CPU is exact, so these are deterministic (no timings in figures)
-    "transformer_memory.png": lambda: plots.plot_transformer_memory(plots.transformer_memory_experiment()),
-    "transformer_saved_tensors.png": lambda: plots.plot_saved_tensors(plots.saved_tensor_experiment()),
-    "complexity_scaling.png": lambda: plots.plot_complexity_scaling(plots.scaling_experiment(("l", "n_l"))),
-    "complexity_width.png": lambda: plots.plot_complexity_scaling(plots.scaling_experiment(("d_ff",))),
-    "duplication_task.png": figure_duplication_task,  # lesson 06
-}
+    depths, drift_depths, n_chunks, recall_rounds = [1, 2, 4, 8, 12], [1, 2, 4, 8, 16, 24], [1, 2, 4, 8, 16], [1, 2, 4, 8]
+    return {
+        "hash_rotation.png": plots.plot_hash_rotation,
+        "collision_probability.png": lambda: plots.plot_collision_curves(
+            angles, hashing.collision_curves(angles),
+            exact={"2 buckets, exact: 1 - θ/π": hashing.two_bucket_collision_probability(angles)}),
+        "collision_rounds.png": collision_rounds,
+        "lsh_sort.png": lambda: plots.plot_lsh_stage(bench.lsh_walkthrough(), "sort"),  # lesson 02
+        "lsh_attention.png": lambda: plots.plot_lsh_stage(bench.lsh_walkthrough(), "combine"),
+        "lsh_recall.png": lambda: plots.plot_recall(recall_rounds, bench.recall_experiment(recall_rounds)),
+        "reversible_memory.png": lambda: plots.plot_memory_vs_depth(depths, bench.depth_memory_experiment(depths)),
+        "reversible_drift.png": lambda: plots.plot_reconstruction_drift(drift_depths, **bench.drift_experiment(drift_depths)),
+        "chunked_ff_memory.png": lambda: plots.plot_chunk_memory(
+            n_chunks, bench.chunk_memory_experiment(n_chunks), d_ff=1024),  # lesson 04
+        # lessons 00 and 05: memory measured on the CPU is exact, so these are deterministic (no timings in figures)
+        "transformer_memory.png": lambda: plots.plot_transformer_memory(complexity.transformer_memory_experiment()),
+        "transformer_saved_tensors.png": lambda: plots.plot_saved_tensors(complexity.saved_tensor_experiment()),
+        "complexity_scaling.png": lambda: plots.plot_complexity_scaling(
+            complexity.scaling_experiment(("l", "n_l")), complexity.SCALING_SIZES),
+        "complexity_width.png": lambda: plots.plot_complexity_scaling(
+            complexity.scaling_experiment(("d_ff",)), complexity.SCALING_SIZES),
+        "duplication_task.png": lambda: plots.plot_duplication_batch(  # lesson 06
+            duplication_batch(4, 64, generator=torch.Generator().manual_seed(0))),
+    }
 
 
 def save_figures(out, names=None):
     """Draw the named figures (all by default) into the folder ``out``; return the paths written."""
-    unknown = set(names or ()) - set(FIGURES)
+    drawers = figures()
+    unknown = set(names or ()) - set(drawers)
     if unknown:
-        raise SystemExit(f"unknown figure(s) {sorted(unknown)}; choose from {sorted(FIGURES)}")
+        raise SystemExit(f"unknown figure(s) {sorted(unknown)}; choose from {sorted(drawers)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in tqdm(names or list(FIGURES), desc="figures", unit="fig"):
-        fig = FIGURES[name]()
+    for name in tqdm(names or list(drawers), desc="figures", unit="fig"):
+        fig = drawers[name]()
         # No 'Software' stamp: the bytes depend only on the code and the seeds.
         fig.savefig(out / name, dpi=100, metadata={"Software": None})
         paths.append(out / name)
@@ -105,9 +85,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minireformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    figures = commands.add_parser("figures", help="regenerate the PNG figures of the lessons and the README")
-    figures.add_argument("--out", default="figures", help="folder to write into (default: figures)")
-    figures.add_argument("names", nargs="*", help=f"only these figures, from: {', '.join(FIGURES)}")
+    drawing = commands.add_parser("figures", help="regenerate the PNG figures of the lessons and the README")
+    drawing.add_argument("--out", default="figures", help="folder to write into (default: figures)")
+    drawing.add_argument("names", nargs="*", help="only these figures (file names in figures/; default: all)")
     table = commands.add_parser("table", help="the paper's Table 3 evaluated for a configuration")
     defaults = dict(b=8, l=65536, d_model=1024, d_ff=4096, n_h=8, n_l=12, n_r=8, c=128 ** 2)
     for name, value in defaults.items():
@@ -115,11 +95,6 @@ def main(argv=None):
                            help=f"(default {value}{', the caption: 128²' if name == 'c' else ''}"
                                 f"{'' if name == 'c' else f'; with --measure {complexity.MEASURE[name]}'})")
     complexity.add_measure_arguments(table)  # lesson 05: --measure, --chunk-len, --ff-chunk-size, --repeats
-    from . import experiments, train as training  # lesson 06: training and the duplication experiment
-    from . import longseq  # lesson 07: long sequences
-    from . import bench  # lessons 02-03: benchmarks
-    from . import fullscale, plan  # the memory plan of the full scale, and the GPU owner's command
-
     subparsers = {
         "train": training.add_train_arguments(commands.add_parser("train", help="train a model (see train --help)")),
         "eval": training.add_eval_arguments(commands.add_parser("eval", help="evaluate a checkpoint")),
@@ -153,7 +128,13 @@ def main(argv=None):
     elif args.command == "longseq":
         longseq.from_args(args, subparsers["longseq"])
     elif args.command == "bench":
-        bench.from_args(args, subparsers["bench"])
+        rows = bench.from_args(args, subparsers["bench"])
+        if args.figure and args.what in ("attention", "reversible"):
+            from . import measure, plots
+
+            draw = plots.plot_bench_attention if args.what == "attention" else plots.plot_bench_reversible
+            draw(rows, title=measure.machine()).savefig(args.figure, dpi=100)
+            print(f"figure: {args.figure}")
     elif args.command == "plan":
         plan.from_args(args, subparsers["plan"])
     elif args.command == "fullscale":

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minireformer.checks import check_int
 from minireformer.hashing import check_n_buckets, random_rotations
 from minireformer.lsh import SELF_BIAS, lsh_attention
 
@@ -99,9 +100,7 @@ class LSHSelfAttention(_SelfAttention):
     def __init__(self, d_model, n_heads, *, n_rounds=4, chunk_len=64, n_buckets=None, causal=False, look_back=1,
                  same_bucket_only=True, dedup=False, dropout=0.0, attention_fn=None):
         super().__init__(d_model, n_heads, dropout, shared_qk=True)
-        for name, value in (("n_rounds", n_rounds), ("chunk_len", chunk_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int("n_rounds", n_rounds), check_int("chunk_len", chunk_len)
         if n_buckets is not None:
             check_n_buckets(n_buckets)
         self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets

@@ -18,12 +18,14 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from .checks import check_int
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
 def check_chunk_size(chunk_size):
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size)
 
 
 def chunked_feed_forward(ff, x, chunk_size):

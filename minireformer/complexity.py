@@ -13,23 +13,22 @@ c (the attention term per query and round: 128² in the paper's caption).
 The second half measures the table: :data:`VARIANTS` builds each row from the package's own modules (the
 layer stack of a ``ReformerLM``), :func:`measured_table` sets its saved and peak activation bytes and its
 forward + backward time beside the formula (``python -m minireformer table --measure``), and
-:func:`memory_scaling` / :func:`loglog_slope` give the slopes against l, n_l and d_ff (lessons 00 and 05).
+:func:`memory_scaling` measures the growth against l, n_l and d_ff (lessons 00 and 05).
 What is measured, and why the layers alone, is explained where those functions begin.
 """
 
 import gc
-import math
 import re
-import time
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from .checks import check_int
+from .measure import cpu_threads, format_table as _table, si, time_step
 from .memory import StoragePeak, saved_activation_bytes
 from .model import ReformerLM
 from .reversible import duplicate, merge
-from .train import cpu_threads
 
 VARIABLES = ("b", "l", "d_model", "d_ff", "n_h", "n_l", "n_r", "c")
 
@@ -64,8 +63,7 @@ def complexity_table(b, l, d_model, d_ff, n_h, n_l, n_r, c):
     """
     values = dict(b=b, l=l, d_model=d_model, d_ff=d_ff, n_h=n_h, n_l=n_l, n_r=n_r, c=c)
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
     return [
         {"model": model, "memory": evaluate(memory, values), "time": evaluate(time, values),
          "memory_formula": memory, "time_formula": time,
@@ -74,22 +72,10 @@ def complexity_table(b, l, d_model, d_ff, n_h, n_l, n_r, c):
     ]
 
 
-def human(n):
-    """3.2e9 -> '3.2 G': a number with an SI prefix, for tables a learner reads."""
-    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {prefix}"
-    return f"{n:.3g}"
-
-
 def format_table(rows):
-    """The rows as a plain-text table for the terminal and notebooks."""
-    header = ("model", "memory", "formula", "time", "formula")
-    lines = [(r["model"], human(r["memory"]), r["memory_formula"], human(r["time"]), r["time_formula"]) for r in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-    def fmt(cells):
-        return "  ".join(str(x).ljust(w) for x, w in zip(cells, widths)).rstrip()
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+    """The rows of :func:`complexity_table` as a plain-text table for the terminal and notebooks."""
+    return _table(("model", "memory", "formula", "time", "formula"),
+                  [(r["model"], si(r["memory"]), r["memory_formula"], si(r["time"]), r["time_formula"]) for r in rows])
 
 
 # ---- the table measured: the five variants built from the package's own modules -------------------------------
@@ -228,25 +214,6 @@ def activation_peak(module, x):
     return tracker.peak_without(excluded)
 
 
-def _seconds(module, x, repeats):
-    """The fastest of ``repeats`` forward + backward passes (after one warm-up): the least disturbed by other
-    work on the machine. On the CPU it runs on one thread (:func:`minireformer.train.cpu_threads`), so the times compare the
-    algorithms, not the thread pool."""
-    def step():
-        module(x).sum().backward()
-        if x.device.type != "cpu":
-            torch.get_device_module(x.device.type).synchronize(x.device)
-
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    module.zero_grad(set_to_none=True)
-    return min(times)
-
-
 def measure_variant(model, *, repeats=3, device=None, **config):
     """Measure one row on the package's modules: ``{"saved": bytes, "peak": bytes, "seconds": s or None}``.
 
@@ -260,7 +227,9 @@ def measure_variant(model, *, repeats=3, device=None, **config):
     with cpu_threads(1):
         saved = saved_activation_bytes(module, x)
         peak = activation_peak(module, x)
-        seconds = _seconds(module, x, repeats) if repeats else None
+        # the median of a few forward + backward passes, on one thread: the times compare the algorithms
+        seconds = time_step(lambda: module(x).sum().backward(), repeats=repeats, device=device) if repeats else None
+        module.zero_grad(set_to_none=True)
     return {"saved": saved, "peak": peak, "seconds": seconds}
 
 
@@ -283,22 +252,15 @@ def measured_table(*, repeats=3, device=None, progress=False, **config):
     return rows
 
 
-def _size(n):
-    return f"{human(n)}B" if n is not None else "-"
-
-
 def format_measured(rows):
     """The measured rows as a plain-text table: formula (as bytes of float32), measured saved and peak, time."""
-    header = ("model", "formula", "= float32", "saved", "peak", "peak/formula", "fwd+bwd")
-    lines = [(r["model"], r["memory_formula"], _size(r["formula_bytes"]), _size(r["saved"]), _size(r["peak"]),
-              f"{r['peak'] / r['formula_bytes']:.1f}",
-              "-" if r.get("seconds") is None else f"{1000 * r['seconds']:.0f} ms") for r in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+    def size(n):
+        return "-" if n is None else f"{si(n)}B"
 
-    def fmt(cells):
-        return "  ".join(str(x).ljust(w) for x, w in zip(cells, widths)).rstrip()
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+    return _table(("model", "formula", "= float32", "saved", "peak", "peak/formula", "fwd+bwd"),
+                  [(r["model"], r["memory_formula"], size(r["formula_bytes"]), size(r["saved"]), size(r["peak"]),
+                    f"{r['peak'] / r['formula_bytes']:.1f}",
+                    "-" if r.get("seconds") is None else f"{1000 * r['seconds']:.0f} ms") for r in rows])
 
 
 # ---- scaling: how the measured memory grows with one variable ----------------------------------------------------
@@ -353,13 +315,52 @@ def saved_tensors(output, *, exclude=()):
     return sorted(found.values(), key=lambda t: -t["bytes"])
 
 
-def loglog_slope(xs, ys):
-    """The least-squares slope of log(y) against log(x): the k of y ~ x^k (2 for l², 1 for linear, 0 for flat)."""
-    if len(xs) != len(ys) or len(xs) < 2:
-        raise ValueError(f"xs and ys must have the same length >= 2, got {len(xs)} and {len(ys)}")
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+# ---- the experiments of lessons 00 and 05: a plain Transformer measured, the table's growth measured ----------
+SCALING_SIZES = dict(b=1, l=128, d_model=16, d_ff=64, n_h=2, n_l=2, n_r=2, chunk_len=16, ff_chunk_size=16)
+
+
+def transformer_memory_experiment(lengths=(64, 128, 256, 512), depths=(1, 2, 4, 8), *, length=128, **sizes):
+    """Lesson 00's measurements of a plain Transformer (:data:`VARIANTS`' first row).
+
+    Returns ``{"lengths", "peak"}``: the peak bytes of forward + backward of one layer at each length, with
+    ``"scores"``: the bytes of one ``[b, n_h, l, l]`` float32 tensor; and ``{"depths", "saved"}``: the bytes
+    kept for backward by ``n_l`` layers at ``length``. Sizes default to :data:`SCALING_SIZES`.
+    """
+    sizes = {**SCALING_SIZES, **sizes}
+    peak = memory_scaling(["Transformer"], "l", lengths, **dict(sizes, n_l=1))["Transformer"]
+    saved = memory_scaling(["Transformer"], "n_l", depths, what="saved", **dict(sizes, l=length))["Transformer"]
+    scores = [4 * sizes["b"] * sizes["n_h"] * n * n for n in lengths]
+    return {"lengths": list(lengths), "peak": peak, "scores": scores, "depths": list(depths), "saved": saved,
+            "length": length}
+
+
+def saved_tensor_experiment(lengths=(32, 512), *, d_model=64, d_ff=256, n_h=4, b=1, seed=0):
+    """The tensors one plain Transformer layer keeps for backward (:func:`saved_tensors`,
+    parameters left out), at each length: ``{l: [{"op", "name", "shape", "dtype", "bytes"}, ...]}``."""
+    result = {}
+    for length in lengths:
+        layer = build_variant("Transformer", d_model=d_model, d_ff=d_ff, n_h=n_h, n_l=1, n_r=1, chunk_len=length,
+                              ff_chunk_size=None, l=length, seed=seed)
+        x = torch.randn(b, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+        result[length] = saved_tensors(layer(x), exclude=list(layer.parameters()))
+    return result
+
+
+SCALING_SWEEPS = {  # variable -> (values, the rows drawn)
+    "l": ((64, 128, 256), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
+    "n_l": ((1, 2, 4, 8), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
+    "d_ff": ((64, 256, 1024), ("Reversible Transformer", "Chunked Reversible Transformer", "LSH Transformer",
+                               "Reformer")),
+}
+
+
+def scaling_experiment(names=("l", "n_l", "d_ff"), **sizes):
+    """Lesson 05's sweeps (:data:`SCALING_SWEEPS`): ``{name: (values, {model: peak bytes})}``, at
+    :data:`SCALING_SIZES` but for the variable swept."""
+    sizes = {**SCALING_SIZES, **sizes}
+    return {name: (SCALING_SWEEPS[name][0], memory_scaling(SCALING_SWEEPS[name][1], name, SCALING_SWEEPS[name][0],
+                                                           **sizes))
+            for name in names}
 
 
 # ---- the command line: python -m minireformer table --measure ------------------------------------------------
@@ -372,7 +373,7 @@ def add_measure_arguments(parser):
                         help=f"with --measure: LSH chunk length; c = 2 chunk_len (default {MEASURE['chunk_len']})")
     parser.add_argument("--ff-chunk-size", dest="ff_chunk_size", type=int, default=MEASURE["ff_chunk_size"],
                         help=f"with --measure: positions per feed-forward chunk (default {MEASURE['ff_chunk_size']})")
-    parser.add_argument("--repeats", type=int, default=3, help="with --measure: timed runs, the fastest is shown "
+    parser.add_argument("--repeats", type=int, default=3, help="with --measure: timed runs, the median is shown "
                                                                "(default 3; 0: no timing)")
     return parser
 
@@ -382,9 +383,11 @@ def measure_from_args(args, parser):
     if args.c is not None:
         parser.error("--c cannot be set with --measure: it is 2 * --chunk-len, the keys each query scores")
     config = {name: MEASURE[name] if getattr(args, name, None) is None else getattr(args, name) for name in MEASURE}
-    for name, value in config.items():
-        if value < 1:
-            parser.error(f"{name} must be a positive integer, got {value}")
+    try:
+        for name, value in config.items():
+            check_int(name, value)
+    except ValueError as error:
+        parser.error(str(error))
     print(", ".join(f"{k}={v}" for k, v in config.items()), f"(c = 2 chunk_len = {2 * config['chunk_len']}),",
           "float32, on the CPU" if not torch.cuda.is_available() else "float32")
     rows = measured_table(repeats=args.repeats, progress=True, **config)

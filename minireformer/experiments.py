@@ -13,7 +13,6 @@ Attention is written as in the paper's table: ``"full"`` or ``"lsh-R"`` (R hash 
 """
 
 import json
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from tqdm.auto import tqdm
 
 from . import plan
 from .scale import SCALES, current_scale
-from .train import Trainer, TrainConfig, cpu_threads, positive_int, resolve_device
+from .measure import Stopwatch, cpu_threads, resolve_device
+from .train import Trainer, TrainConfig, positive_int
 
 TRAIN_ATTENTIONS = ("full", "lsh-4", "lsh-2", "lsh-1")  # the rows of Table 2, in the paper's order
 EVAL_ATTENTIONS = ("full", "lsh-8", "lsh-4", "lsh-2", "lsh-1")  # its columns
@@ -156,10 +156,10 @@ def duplication_from_args(args, parser):
     except ValueError as error:
         parser.error(str(error))
     print(f"duplication task, {scale} scale: {describe_scale(scale, **overrides)}")
-    start = time.perf_counter()
-    table = duplication_table(scale, batches=args.batches, **overrides)
+    with Stopwatch() as clock:
+        table = duplication_table(scale, batches=args.batches, **overrides)
     print(format_table2(table))
-    print(f"wall time {time.perf_counter() - start:.0f} s")
+    print(f"wall time {clock.seconds:.0f} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(table, indent=1) + "\n")

@@ -20,10 +20,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from .measure import Stopwatch
 
 LESSONS = ("06_duplication_task.ipynb", "07_long_sequences.ipynb")
 STAGES = ("plan", "duplication", "longseq", "bench", "lessons")
@@ -62,11 +63,10 @@ def run(out="runs/full", memory=None, only=STAGES):
             continue
         for argv, name in steps:
             print(f"[{stage}] {' '.join(argv)}", flush=True)
-            start = time.perf_counter()
-            with open(out / name, "w") as log:
+            with open(out / name, "w") as log, Stopwatch() as clock:
                 code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT if name.endswith((".txt", ".log"))
                                       else sys.stderr, env=env).returncode
-            seconds = time.perf_counter() - start
+            seconds = clock.seconds
             print(f"[{stage}] exit {code} after {seconds:.0f} s -> {out / name}", flush=True)
             results["stages"].append(dict(stage=stage, command=argv, returncode=code, seconds=seconds,
                                           output=str(out / name)))

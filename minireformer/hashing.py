@@ -18,11 +18,14 @@ import math
 
 import torch
 
+from .checks import check_int
+
 
 def check_n_buckets(n_buckets):
     """Raise a ValueError unless ``n_buckets`` is an even integer >= 2 (``h`` needs ``±`` pairs)."""
-    if isinstance(n_buckets, bool) or not isinstance(n_buckets, int) or n_buckets < 2 or n_buckets % 2:
-        raise ValueError(f"n_buckets must be an even integer >= 2, got {n_buckets!r}")
+    wanted = "an even integer >= 2"
+    if check_int("n_buckets", n_buckets, least=2, wanted=wanted) % 2:
+        raise ValueError(f"n_buckets must be {wanted}, got {n_buckets!r}")
 
 
 def random_rotations(dim, n_buckets, n_rounds=1, *, generator=None, device=None, dtype=None):
@@ -33,9 +36,7 @@ def random_rotations(dim, n_buckets, n_rounds=1, *, generator=None, device=None,
     rotations on every device.
     """
     check_n_buckets(n_buckets)
-    for name, value in (("dim", dim), ("n_rounds", n_rounds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int("dim", dim), check_int("n_rounds", n_rounds)
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
@@ -138,3 +139,37 @@ def collision_curves(thetas, bucket_counts=(2, 4, 8, 16), *, dim=64, n_rounds=1,
 def angle_grid(step_degrees=5):
     """Angles from 0 to pi in steps of ``step_degrees``, in radians (float64): the x axis of the collision figures."""
     return torch.deg2rad(torch.arange(0, 180 + step_degrees / 2, step_degrees, dtype=torch.float64))
+
+
+# ---- points to hash: the data of the lessons' pictures -----------------------------------------------------------
+def random_unit_vectors(n, dim, *, generator=None):
+    """n points drawn uniformly on the unit sphere in ``dim`` dimensions (normalised Gaussians): ``[n, dim]``."""
+    x = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def hash_points(n_points, n_buckets, *, dim=2, seed=0, angle=None, rotation_seed=0):
+    """Points on the unit circle (dim 2) or sphere (dim 3) and their buckets under one hash round.
+
+    ``angle`` (radians, circle only) picks the evenly spaced rotation of :func:`planar_rotations`;
+    ``angle=None`` draws a Gaussian R from ``rotation_seed``, as the Reformer does.
+    Returns a dict with ``points [n, dim]``, ``rotations [1, dim, n_buckets // 2]`` and ``buckets [n]``.
+    """
+    points = random_unit_vectors(n_points, dim, generator=torch.Generator().manual_seed(seed))
+    if angle is not None:
+        if dim != 2:
+            raise ValueError(f"angle only applies to the circle (dim=2), got dim={dim}")
+        rotations = planar_rotations(angle, n_buckets, dtype=torch.float64)
+    else:
+        rotations = random_rotations(
+            dim, n_buckets, generator=torch.Generator().manual_seed(rotation_seed), dtype=torch.float64
+        )
+    return {"points": points, "rotations": rotations, "buckets": hash_vectors(points, rotations)[0]}
+
+
+def clustered_vectors(length, d, n_clusters, *, strength=4.0, generator=None):
+    """``[length, d]`` float64 vectors around ``n_clusters`` random directions, as trained queries and keys
+    are: each is ``strength * sqrt(d) * centre + noise``, so full attention stays mostly inside a cluster."""
+    centers = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=generator, dtype=torch.float64), dim=-1)
+    cluster = torch.randint(n_clusters, (length,), generator=generator)
+    return strength * d ** 0.5 * centers[cluster] + torch.randn(length, d, generator=generator, dtype=torch.float64)

@@ -20,18 +20,17 @@ Shapes: tokens ``[batch, seq_len + 1]`` (the model reads ``seq_len``, predicts t
 """
 
 import json
-import math
-import time
 
 import torch
 from tqdm.auto import tqdm
 
-from .complexity import loglog_slope
-from .memory import OUT_OF_MEMORY, BudgetedPeak, MemoryBudgetExceeded, peak_within  # noqa: F401 (re-exported)
 from . import plan
+from .checks import check_int
+from .measure import GiB, MiB, Stopwatch, binary_bytes, linear_quadratic, resolve_device, timings
+from .memory import OUT_OF_MEMORY, peak_within
 from .model import ReformerConfig, ReformerLM
 from .scale import current_scale
-from .train import Trainer, TrainConfig, resolve_device, sequence_loss
+from .train import Trainer, TrainConfig, sequence_loss
 
 # The models compared: one size (see settings), these switches. "Transformer" is the ordinary one (separate Q
 # and K through PyTorch's fused attention kernel); "shared-QK Transformer" writes its [L, L] scores out, as
@@ -45,8 +44,6 @@ VARIANTS = {
 CURVES = ("Reformer", "Transformer")  # Reformer vs Transformer of the same size
 FIGURE3 = ("Transformer", "shared-QK Transformer", "reversible Transformer")  # the paper's Figure 3, left and right
 SWEEP = ("Reformer", "shared-QK Transformer", "Transformer")
-
-MiB, GiB = 1 << 20, 1 << 30
 
 
 def settings(scale=None):
@@ -121,9 +118,9 @@ def learning_curves(models, *, model, train, corpus=None, seed=0, memory=None, p
                                     micro_batch_size=micro if micro and micro < train["batch_size"] else None))
         trainer = Trainer(dict(model, **options), config)
         start = [(0, trainer.evaluate()["bits_per_byte"])]
-        clock = time.perf_counter()
-        metrics = trainer.run(progress=progress)
-        seconds = time.perf_counter() - clock
+        with Stopwatch() as clock:
+            metrics = trainer.run(progress=progress)
+        seconds = clock.seconds
         points = start + [(m["step"], m["bits_per_byte"]) for m in metrics if m["split"] == "val"]
         curves[name] = {
             "step": [s for s, _ in points], "bits_per_byte": [b for _, b in points], "seconds": seconds,
@@ -158,25 +155,6 @@ def step_peak(model, tokens, *, memory_budget=None):
     return peak_within(training_step, model, tokens, device=tokens.device, budget=memory_budget)
 
 
-def step_seconds(model, tokens):
-    """Wall time of one :func:`training_step` (synchronised on an accelerator)."""
-    module = torch.get_device_module(tokens.device.type) if tokens.device.type != "cpu" else None
-    if module is not None:
-        module.synchronize(tokens.device)
-    start = time.perf_counter()
-    training_step(model, tokens)
-    if module is not None:
-        module.synchronize(tokens.device)
-    return time.perf_counter() - start
-
-
-def loglog_slopes(lengths, values):
-    """The log-log slope between each pair of consecutive points: 1 for linear growth, 2 for quadratic."""
-    if len(lengths) != len(values) or len(lengths) < 2:
-        raise ValueError(f"need two or more (length, value) pairs, got {len(lengths)} lengths and {len(values)} values")
-    return [loglog_slope(lengths[i:i + 2], values[i:i + 2]) for i in range(len(lengths) - 1)]
-
-
 def _extrapolate(points, length):
     """Extend measured ``(length, value)`` points to ``length`` with ``a L + c L^2`` (a, c >= 0) through the last two:
     the linear part (activations, logits) and the quadratic part (full attention's scores) of a step."""
@@ -185,9 +163,7 @@ def _extrapolate(points, length):
     if len(points) == 1:
         (l1, v1), = points
         return v1 * length / l1
-    (l0, v0), (l1, v1) = points[-2:]
-    c = max(0.0, (v1 / l1 - v0 / l0) / (l1 - l0))
-    a = max(0.0, v1 / l1 - c * l1)
+    a, c = linear_quadratic(points[-2:])
     return a * length + c * length ** 2
 
 
@@ -208,10 +184,11 @@ def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, ti
     for steps that ran.
     """
     lengths = sorted(lengths)
-    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in lengths):
-        raise ValueError(f"lengths must be integers >= 2, got {lengths}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not lengths:
+        raise ValueError("lengths must name at least one length")
+    for n in lengths:
+        check_int("every length", n, least=2)
+    check_int("batch_size", batch_size)
     if memory_budget is not None and not memory_budget > 0:
         raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
     if time_budget is not None and not time_budget > 0:
@@ -240,7 +217,7 @@ def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, ti
                     row["peak_bytes"] = step_peak(net, tokens, memory_budget=memory_budget)
                     memory.append((length, row["peak_bytes"]))
                     if time_it:
-                        row["seconds"] = step_seconds(net, tokens)
+                        row["seconds"] = timings(lambda: training_step(net, tokens), 1, device, warmup=False)[0]
                         row["tokens_per_s"] = batch_size * length / row["seconds"]
                         timing.append((length, row["seconds"]))
                 except OUT_OF_MEMORY:
@@ -260,17 +237,13 @@ def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, ti
     return rows
 
 
-def _bytes(n):
-    return "-" if n is None else f"{n / MiB:,.1f} MiB" if n < GiB else f"{n / GiB:,.2f} GiB"
-
-
 def format_sweep(rows):
     """A text table of :func:`length_sweep`'s rows: one line per (model, length)."""
     lines = [f"{'model':22s} {'length':>7s} {'peak memory':>12s} {'tokens/s':>9s}  status"]
     for r in rows:
-        status = r["status"] if r["estimated_bytes"] is None else f"{r['status']} (needs ~{_bytes(r['estimated_bytes'])}, extrapolated)"
+        status = r["status"] if r["estimated_bytes"] is None else f"{r['status']} (needs ~{binary_bytes(r['estimated_bytes'])}, extrapolated)"
         speed = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
-        lines.append(f"{r['model']:22s} {r['seq_len']:7d} {_bytes(r['peak_bytes']):>12s} {speed:>9s}  {status}")
+        lines.append(f"{r['model']:22s} {r['seq_len']:7d} {binary_bytes(r['peak_bytes']):>12s} {speed:>9s}  {status}")
     return "\n".join(lines)
 
 
@@ -316,7 +289,7 @@ def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None,
             rows = length_sweep(variants(SWEEP), sweep.pop("lengths"), model=s["model"], progress=progress, **sweep)
             budget = sweep["memory_budget"]
             print(f"\nsweep: one training step, batch {sweep['batch_size']}, memory budget "
-                  f"{'the device' if budget is None else _bytes(budget)}")
+                  f"{'the device' if budget is None else binary_bytes(budget)}")
             print(format_sweep(rows))
             results["sweep"] = rows
         else:

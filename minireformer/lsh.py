@@ -50,6 +50,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from minireformer.checks import check_int
 from minireformer.hashing import hash_vectors
 
 SELF_BIAS = 1e5  # the paper's m_ii: attend to yourself only when there is nobody else
@@ -165,12 +166,51 @@ def duplicate_counts(q_met, k_met, *, n_chunks, look_back, same_bucket_only):
 
 
 def combine_rounds(o, lse):
-    """``o = sum_r exp(z_r - logsumexp_r z_r) o_r``: ``o [..., n_rounds, L, d]``, ``lse [..., n_rounds, L]``."""
-    return torch.einsum("...rl,...rld->...ld", lse.softmax(dim=-2), o)
+    """``o = sum_r exp(z_r - logsumexp_r z_r) o_r``: ``o [..., n_rounds, L, d]``, ``lse [..., n_rounds, L]``.
+
+    ``o`` may also be an iterable of the rounds' ``[..., L, d]`` outputs, taken one at a time (the fast path
+    unsorts a round only when it adds it, so one round's unsorted output exists at a time)."""
+    weights = lse.softmax(dim=-2).unsqueeze(-1)  # [..., n_rounds, L, 1]
+    rounds = iter(o.unbind(-3) if torch.is_tensor(o) else o)
+    out = next(rounds) * weights.select(-3, 0)  # [..., L, d]
+    for r, o_r in enumerate(rounds, 1):
+        out.addcmul_(o_r, weights.select(-3, r))
+        del o_r  # before the next round is made
+    return out
 
 
 # ---- recomputing exactly: recorded buckets, kept probabilities ---------------------------------------------------
-_TAPE, _KEEP = threading.local(), threading.local()
+#
+# The one channel into this module from outside its arguments. The reversible backward (minireformer.reversible)
+# recomputes each block's F and G, which call LSH attention somewhere inside (a LayerNorm, a projection, the
+# heads): it cannot pass buckets down through modules it does not know. So it opens the blocks below around
+# its calls, and every LSH attention call inside them, on this thread, reads their setting here:
+#
+#   forward pass:   with recording_buckets() as tape:  y1 = x1 + f(x2)       -> the tape holds each call's buckets
+#   backward pass:  with replaying_buckets(tape), keep_probabilities(): f(x2) -> the calls hash as recorded
+#
+# Nothing else sets it; outside these blocks lsh_attention hashes and recomputes as its arguments say.
+# tests/test_lsh.py checks this end (what a call records, replays and keeps), tests/test_reversible.py the
+# other (the reversible backward replays every recorded call and hashes nothing itself).
+class _Channel(threading.local):
+    tape = None  # a list of recorded buckets, or None
+    replay = False  # take the buckets from the tape instead of hashing (and appending)
+    keep = False  # keep the probabilities for the backward pass
+
+
+_CHANNEL = _Channel()
+
+
+@contextmanager
+def _setting(**values):
+    before = {name: getattr(_CHANNEL, name) for name in values}
+    for name, value in values.items():
+        setattr(_CHANNEL, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(_CHANNEL, name, value)
 
 
 @contextmanager
@@ -184,7 +224,8 @@ def recording_buckets():
     of a vector nearly tie its bucket can flip; a flipped bucket changes that block's output, so the input
     rebuilt below it is wrong, and the error spreads downward through the stack. Recorded buckets make the
     recomputation hash exactly as the forward pass did, at 1-4 bytes per token, head and round per block."""
-    with _tape([], replay=False) as tape:
+    tape = []
+    with _setting(tape=tape, replay=False):
         yield tape
 
 
@@ -192,20 +233,11 @@ def recording_buckets():
 def replaying_buckets(tape):
     """Inside this block LSH attention calls take their buckets from ``tape`` (a list that
     :func:`recording_buckets` filled, consumed in order) instead of hashing."""
-    with _tape(list(tape), replay=True) as remaining:
+    remaining = list(tape)
+    with _setting(tape=remaining, replay=True):
         yield
     if remaining:
         raise RuntimeError(f"replaying LSH buckets: {len(remaining)} recorded call(s) were not replayed")
-
-
-@contextmanager
-def _tape(tape, replay):
-    before = getattr(_TAPE, "tape", None), getattr(_TAPE, "replay", False)
-    _TAPE.tape, _TAPE.replay = tape, replay
-    try:
-        yield tape
-    finally:
-        _TAPE.tape, _TAPE.replay = before
 
 
 @contextmanager
@@ -215,12 +247,39 @@ def keep_probabilities():
     call's backward, for one recomputation of the scores fewer. Worth it where a layer's backward follows its
     forward at once, one layer at a time: the reversible backward (:mod:`minireformer.reversible`) recomputes
     each block this way, so the memory is one layer's probabilities, whatever the depth."""
-    before = getattr(_KEEP, "on", False)
-    _KEEP.on = True
-    try:
+    with _setting(keep=True):
         yield
-    finally:
-        _KEEP.on = before
+
+
+def _buckets(qk, rotations):
+    """The buckets of ``qk [b, L, d]``, ``[b, n_rounds, L]``: played back from a tape (:func:`replaying_buckets`),
+    or hashed (:func:`_hash_block`, a slice of positions at a time) and, while recording, appended to the tape."""
+    shape, n_buckets = (qk.shape[0], rotations.shape[0], qk.shape[1]), 2 * rotations.shape[-1]
+    if _CHANNEL.tape is not None and _CHANNEL.replay:
+        return _play(_CHANNEL.tape, shape, n_buckets)
+    # With the paper's n_buckets = 2L / chunk_len all the rotated vectors [b, r, L, n_buckets / 2] would take
+    # O(L^2) memory. The slices are written into one tensor made up front (many small results kept alive
+    # between big temporaries would fragment the heap).
+    buckets = qk.new_empty(shape, dtype=torch.long)
+    rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[0] * rotations.shape[2]))
+    for start in range(0, qk.shape[1], rows):
+        buckets[..., start : start + rows] = _hash_block(qk[:, start : start + rows], rotations)
+    if _CHANNEL.tape is not None:  # recording: in the smallest integer type that holds the ids
+        small = torch.uint8 if n_buckets <= 256 else torch.int16 if n_buckets <= 2**15 else torch.int32
+        _CHANNEL.tape.append(buckets.to(small))
+    return buckets
+
+
+def _play(tape, shape, n_buckets):
+    """The next recorded buckets, checked against the call that wants them."""
+    if not tape:
+        raise RuntimeError("replaying LSH buckets: this call was not recorded (the branch called lsh_attention more "
+                           "often than in the forward pass)")
+    buckets = tape.pop(0)
+    if tuple(buckets.shape) != shape or int(buckets.max()) >= n_buckets:
+        raise RuntimeError(f"replaying LSH buckets: recorded {tuple(buckets.shape)}, but this call hashes {shape} "
+                           f"into {n_buckets} buckets (the branch must call lsh_attention as in the forward pass)")
+    return buckets.long()
 
 
 # ---- the fast path: round by round, blocks of chunks at once ----------------------------------------------
@@ -316,13 +375,10 @@ class _ChunkedAttention(torch.autograd.Function):
             if keep:
                 ctx.probs.append(probs)
             o[r][local], lse[block] = out, block_lse
-        # combine_rounds, a round at a time in the original order: out = sum_r softmax_r(lse)_r * o_r
+        # unsort and combine_rounds, a round at a time in the original order: out = sum_r softmax_r(lse)_r * o_r
         lse = lse.view(plan.n_rounds, -1).gather(1, plan.unsort_rows)  # [r, b * Lp]
-        weights = lse.softmax(dim=0)
-        out = torch.zeros_like(q)
-        for r, o_r in enumerate(o):
-            out.addcmul_(o_r.flatten(0, 1).index_select(0, plan.unsort_rows[r]), weights[r].unsqueeze(-1))
-        weights = weights.gather(1, plan.sorted_rows).view(plan.q_rows.shape)  # [N, c], as the blocks see them
+        out = combine_rounds((o_r.flatten(0, 1).index_select(0, rows) for o_r, rows in zip(o, plan.unsort_rows)), lse)
+        weights = lse.softmax(dim=0).gather(1, plan.sorted_rows).view(plan.q_rows.shape)  # [N, c], as the blocks see them
         ctx.mark_non_differentiable(weights)
         ctx.save_for_backward(q, k, v, norm, out, weights)
         ctx.plan = plan
@@ -362,8 +418,7 @@ class _ChunkedAttention(torch.autograd.Function):
         return grad_q, grad_v, None, None
 
 
-def _prepare(qk, v, rotations, chunk_len, look_back, return_attention):
-    """Check the arguments, flatten the leading dims into one batch dim, upcast half precision, hash."""
+def _check(qk, v, rotations, chunk_len, look_back):
     for name, x in (("qk", qk), ("v", v)):
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
@@ -373,47 +428,23 @@ def _prepare(qk, v, rotations, chunk_len, look_back, return_attention):
     if qk.dtype != v.dtype or qk.device != v.device:
         raise TypeError(f"qk and v must share dtype and device, "
                         f"got {qk.dtype} on {qk.device} and {v.dtype} on {v.device}")
-    for name, value, least in (("chunk_len", chunk_len, 1), ("look_back", look_back, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
     if not torch.is_tensor(rotations) or rotations.dim() != 3 or rotations.shape[1] != qk.shape[-1]:
         got = tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__
         raise ValueError(f"rotations must have shape [n_rounds, d, n_buckets // 2] with d = {qk.shape[-1]} "
                          f"(the last dimension of qk), got {got}")
-    dtype, shape = qk.dtype, qk.shape
-    work = torch.promote_types(dtype, torch.float32)  # float16/bfloat16 -> float32: see the module docstring
-    qk, v = (x.reshape(math.prod(shape[:-2]), *shape[-2:]).to(work) for x in (qk, v))  # [b, L, d]
-
-    def finish(out, attn):
-        out = out.to(dtype).reshape(shape)
-        return (out, attn.to(dtype).reshape(*shape[:-1], shape[-2])) if return_attention else out
-
-    # Hash a slice of positions at a time: with the paper's n_buckets = 2L / chunk_len all the rotated vectors
-    # [b, r, L, n_buckets / 2] would take O(L^2) memory. The slices are written into one tensor made up front
-    # (many small results kept alive between big temporaries would fragment the heap).
-    tape = getattr(_TAPE, "tape", None)
-    if tape is not None and _TAPE.replay:
-        return qk, v, _play(tape, (qk.shape[0], rotations.shape[0], qk.shape[1]), 2 * rotations.shape[-1]), finish
-    buckets = qk.new_empty(qk.shape[0], rotations.shape[0], qk.shape[1], dtype=torch.long)  # [b, r, L]
-    rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[0] * rotations.shape[2]))
-    for start in range(0, qk.shape[1], rows):
-        buckets[..., start : start + rows] = _hash_block(qk[:, start : start + rows], rotations)
-    if tape is not None:  # recording: in the smallest integer type that holds the ids
-        n_buckets = 2 * rotations.shape[-1]
-        tape.append(buckets.to(torch.uint8 if n_buckets <= 256 else torch.int16 if n_buckets <= 2**15 else torch.int32))
-    return qk, v, buckets, finish
 
 
-def _play(tape, shape, n_buckets):
-    """The next recorded buckets, checked against the call that wants them."""
-    if not tape:
-        raise RuntimeError("replaying LSH buckets: this call was not recorded (the branch called lsh_attention more "
-                           "often than in the forward pass)")
-    buckets = tape.pop(0)
-    if tuple(buckets.shape) != shape or int(buckets.max()) >= n_buckets:
-        raise RuntimeError(f"replaying LSH buckets: recorded {tuple(buckets.shape)}, but this call hashes {shape} "
-                           f"into {n_buckets} buckets (the branch must call lsh_attention as in the forward pass)")
-    return buckets.long()
+def _batched(x):
+    """``[..., L, d]`` -> ``[b, L, d]``, the leading dims flattened, float16/bfloat16 upcast to float32 (see the
+    module docstring)."""
+    return x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:]).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _unbatched(like, out, attn=None):
+    """The output ``[b, L, d]`` (and the weights ``[b, L, L]``) back in ``like``'s leading dims and dtype."""
+    out = out.to(like.dtype).reshape(like.shape)
+    return out if attn is None else (out, attn.to(like.dtype).reshape(*like.shape[:-1], like.shape[-2]))
 
 
 def _hash_block(x, rotations):
@@ -469,8 +500,10 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
     Returns ``[..., L, d]``, and with ``return_attention=True`` also the (detached) dense weights
     ``[..., L, L]``, summed over rounds with their combination weights (for pictures and tests at small L).
     """
-    qk, v, buckets, finish = _prepare(qk, v, rotations, chunk_len, look_back, return_attention)
-    b, length, d = qk.shape  # [b, L, d]
+    _check(qk, v, rotations, chunk_len, look_back)
+    given, qk, v = qk, _batched(qk), _batched(v)  # [b, L, d]
+    b, length, d = qk.shape
+    buckets = _buckets(qk, rotations)  # [b, r, L]
     with torch.autocast(qk.device.type, enabled=False):
         buckets = pad_buckets(buckets, chunk_len, 2 * rotations.shape[-1])  # [b, r, Lp]
         padded = buckets.shape[-1]
@@ -481,22 +514,24 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
             return (F.pad(x, (0, 0, 0, padded - length)) if padded > length else x).flatten(0, 1)
 
         q, v = pad(qk), pad(v)
-        keep = getattr(_KEEP, "on", False) and torch.is_grad_enabled()
+        keep = _CHANNEL.keep and torch.is_grad_enabled()
         out, weights = _ChunkedAttention.apply(q, v, plan, keep)  # [b * Lp, d], [N, c]
         out = out.view(b, padded, d)[:, :length]  # [b, L, d]
         attn = None
         if return_attention:
             with torch.no_grad():
                 attn = plan.dense(q, F.normalize(q, dim=-1, eps=NORM_EPS), v, weights)
-    return finish(out, attn)
+    return _unbatched(given, out, attn)
 
 
 def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
                             dedup=False, return_attention=False):
     """The same attention the slow, obvious way: per round an explicit ``[L, L]`` mask of permitted pairs
     from the same bucket ids and windows, a dense masked softmax, rounds combined by their logsumexp."""
-    qk, v, buckets, finish = _prepare(qk, v, rotations, chunk_len, look_back, return_attention)
+    _check(qk, v, rotations, chunk_len, look_back)
+    given, qk, v = qk, _batched(qk), _batched(v)  # [b, L, d]
     b, length, d = qk.shape
+    buckets = _buckets(qk, rotations)  # [b, r, L]
     n_chunks = -(-length // chunk_len)
     look_back = min(look_back, n_chunks - 1)
     position = torch.arange(length, device=qk.device)
@@ -521,7 +556,7 @@ def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_b
     lse = scores.logsumexp(dim=-1)  # [b, r, L]
     probs = (scores - lse[..., None]).exp()
     attn = (lse.softmax(dim=1)[..., None] * probs).sum(dim=1)  # [b, L, L]
-    return finish(attn @ v, attn)
+    return _unbatched(given, attn @ v, attn if return_attention else None)
 
 
 def top_k_recall(qk, rotations, *, k, chunk_len, causal=False, look_back=1):

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import FullSelfAttention, LSHSelfAttention, default_n_buckets
+from .checks import check_int
 from .chunking import FeedForward
 from .hashing import random_rotations
 from .lsh import SELF_BIAS, lsh_attention
@@ -55,9 +56,7 @@ class ReformerConfig:
         if self.attention == "lsh" and not self.shared_qk:
             raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len", "n_rounds", "chunk_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.axial_shape is not None:
@@ -211,7 +210,7 @@ class ReformerLM(nn.Module):
         forward pass. Builds ``L x L`` tensors: for pictures and tests at small L.
         """
         n_layers = self.config.n_layers
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        if check_int("layer", layer, least=0) >= n_layers:
             raise ValueError(f"layer must be an integer in [0, {n_layers}), got {layer!r}")
         was_training = self.training
         self.eval()
@@ -293,12 +292,11 @@ def generate(model, prompt_tokens, n_new, *, temperature=1.0, top_k=None, genera
         raise ValueError(f"the prompt has {prompt_tokens.shape[-1]} tokens, more than max_len={config.max_len}")
     if prompt_tokens.numel() and (prompt_tokens.min() < 0 or prompt_tokens.max() >= config.vocab_size):
         raise ValueError(f"prompt_tokens must lie in 0..{config.vocab_size - 1}")
-    if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 0:
-        raise ValueError(f"n_new must be an integer >= 0, got {n_new!r}")
+    check_int("n_new", n_new, least=0)
     if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r} (top_k=1 is greedy)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_k is not None:
+        check_int("top_k", top_k)
     if not config.causal:
         raise ValueError("generate needs a causal model (causal=True): a bidirectional one sees the future in training")
     device = next(model.parameters()).device

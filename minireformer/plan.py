@@ -28,20 +28,18 @@ sweep marks the cell and goes on); ``skipped`` with the reason.
 """
 
 import json
-import math
 import os
 import re
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from .measure import KiB, Stopwatch, binary_bytes, linear_quadratic, resolve_device, timings
 from .memory import OUT_OF_MEMORY, StoragePeak
 from .model import ReformerConfig, ReformerLM
 from .train import sequence_loss
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 HEADROOM = 0.9  # a run "fits" when its predicted peak is at most this share of the memory
 PROBE_LENGTHS = (256, 512, 1024)  # the small lengths a prediction is measured at (two batch sizes at the first)
 PROBE_BATCH = 8  # the largest batch the probes run at (the run's own batch when it is smaller)
@@ -57,15 +55,10 @@ def parse_size(text):
     return int(float(match[1]) * (1024 if "I" in unit else 1000) ** power)
 
 
-def human(n):
-    """Bytes as ``"812.0 MiB"`` / ``"23.40 GiB"``."""
-    return "-" if n is None else f"{n / MiB:,.1f} MiB" if n < GiB else f"{n / GiB:,.2f} GiB"
-
-
 def device_memory(device=None):
     """The memory a run may use now: CUDA's free memory on a CUDA device (the default one when there is a
     GPU), else the machine's available RAM (``MemAvailable``)."""
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
@@ -80,7 +73,7 @@ def device_memory(device=None):
 class Run:
     """One training or measured step the course makes. ``kind``: ``"lm"`` (a :class:`ReformerLM` training step;
     ``model`` holds :class:`ReformerConfig` options, ``task`` the loss), ``"attention"`` (one layer of
-    ``bench.attention_layer(**model)``) or ``"stack"`` (``bench.reversible_stack(**model)``), both on inputs
+    ``bench.attention_layer(**model)``) or ``"stack"`` (``bench.bench_stack(**model)``), both on inputs
     ``[B, L, 256]``. ``optimizer``: the run keeps AdamW's state; ``shrink``: it may train in micro-batches;
     ``sweep``: a measurement that catches its own out-of-memory."""
     name: str
@@ -144,7 +137,7 @@ def runs(scale="full"):
                        total // length, length, kind="attention", optimizer=False, shrink=False, sweep=True))
     for reversible in (False, True):
         out.append(Run(f"bench reversible: 12 {'reversible' if reversible else 'ordinary'} blocks", "bench reversible",
-                       dict(n_blocks=max(bench.DEPTHS), reversible=reversible, ff_chunk=512), 1, 4096,
+                       dict(n_blocks=max(bench.DEPTHS), reversible=reversible, ff_chunk_size=512), 1, 4096,
                        kind="stack", optimizer=False, shrink=False, sweep=True))
     return out
 
@@ -160,7 +153,7 @@ def build(run, *, max_len=None):
     if run.kind == "attention":
         return bench.attention_layer(**run.model)
     if run.kind == "stack":
-        return bench.reversible_stack(**run.model)
+        return bench.bench_stack(**run.model)
     raise ValueError(f"run kind must be 'lm', 'attention' or 'stack', got {run.kind!r}")
 
 
@@ -199,19 +192,7 @@ def step_peak(run, module, batch, length):
 
 def step_seconds(run, module, batch, length):
     """Seconds of one training step after a warm-up step (on the CPU)."""
-    step = step_function(run, module, batch, length)
-    step()
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
-def _through(points):
-    """``(a, c)`` with ``a L + c L^2`` through the two ``(L, value)`` points, both >= 0 (a small negative
-    quadratic part is rounding, not shrinking memory)."""
-    (l0, v0), (l1, v1) = points
-    c = max(0.0, (v1 / l1 - v0 / l0) / (l1 - l0))
-    return max(0.0, v1 / l1 - c * l1), c
+    return timings(step_function(run, module, batch, length), 1)[0]
 
 
 @dataclass
@@ -306,7 +287,7 @@ def predict(run, lengths=None, *, time_it=True, longest=8192):
         b0 = max(0.0, v1 - a * l1)
     ta = tc = None
     if time_it:
-        ta, tc = _through([(n, step_seconds(run, module, 1, n)) for n in lengths[1:]])
+        ta, tc = linear_quadratic([(n, step_seconds(run, module, 1, n)) for n in lengths[1:]])
     params = sum(p.numel() * p.element_size() for p in module.parameters())
     return Prediction(params, run.optimizer, g, b0, a, c, ta, tc, tuple(lengths))
 
@@ -325,10 +306,10 @@ def verdict(run, prediction, memory):
                 return (f"fits with micro-batch {micro}", micro, smaller,
                         f"batch {run.batch_size} as {run.batch_size // micro} accumulated micro-batches of {micro}")
         return "skipped", None, prediction.peak(1, run.seq_len), (
-            f"needs {human(prediction.peak(1, run.seq_len))} even at micro-batch 1")
+            f"needs {binary_bytes(prediction.peak(1, run.seq_len))} even at micro-batch 1")
     if run.sweep:
         return "out of memory", None, peak, "the sweep marks this step out of memory and goes on"
-    return "skipped", None, peak, f"needs {human(peak)}"
+    return "skipped", None, peak, f"needs {binary_bytes(peak)}"
 
 
 def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True, progress=True, only=None, cache=None):
@@ -361,14 +342,14 @@ def micro_batch(run, memory):
 
 
 def format_plan(rows, memory):
-    lines = [f"memory: {human(memory)} (a run fits up to {HEADROOM:.0%} of it); peak = parameters + optimizer state + "
+    lines = [f"memory: {binary_bytes(memory)} (a run fits up to {HEADROOM:.0%} of it); peak = parameters + optimizer state + "
              f"one step, float32, predicted from exact measurements at small lengths",
              f"{'run':40s} {'batch':>6s} {'L':>6s} {'peak':>11s} {'s/step':>8s} {'hours':>6s}  verdict"]
     for r in rows:
         batch = f"{r['batch_size']}" if r["micro_batch"] in (None, r["batch_size"]) else f"{r['micro_batch']}x{r['batch_size'] // r['micro_batch']}"
         seconds = "-" if r["seconds_per_step"] is None else f"{r['seconds_per_step']:.3g}"
         hours = "-" if r["hours"] is None else f"{r['hours']:.2g}"
-        lines.append(f"{r['name']:40s} {batch:>6s} {r['seq_len']:6d} {human(r['peak_bytes']):>11s} {seconds:>8s} "
+        lines.append(f"{r['name']:40s} {batch:>6s} {r['seq_len']:6d} {binary_bytes(r['peak_bytes']):>11s} {seconds:>8s} "
                      f"{hours:>6s}  {r['verdict']}" + (f" ({r['reason']})" if r["reason"] else ""))
     lines.append("s/step and hours: on this machine's CPU, from the probes' step times (a L + c L^2 per sample); "
                  "a GPU is many times faster")
@@ -420,10 +401,9 @@ def dry_run(scale="full", memory=None, *, only=None, progress=True):
                 config = TrainConfig(task=run.task, seq_len=run.seq_len, batch_size=micro, steps=1, eval_every=1,
                                      eval_batches=1, device="cpu")
                 step = Trainer(model, config).train_step
-            with StoragePeak(torch.device("cpu")) as tracker:
-                start = time.perf_counter()
+            with StoragePeak(torch.device("cpu")) as tracker, Stopwatch() as clock:
                 step()
-                row["seconds"] = time.perf_counter() - start
+            row["seconds"] = clock.seconds
             row["predicted_step_bytes"] = prediction.train_step_bytes(micro, run.seq_len)
             row["measured_step_bytes"] = tracker.peak
             del step
@@ -438,8 +418,8 @@ def format_dry_run(rows):
             lines.append(f"{r['name']:40s} {'-':>5s} {r['seq_len']:6d}  {r['verdict']} ({r['reason']})")
             continue
         ratio = r["predicted_step_bytes"] / r["measured_step_bytes"]
-        lines.append(f"{r['name']:40s} {r['micro_batch']:5d} {r['seq_len']:6d} {human(r['predicted_step_bytes']):>11s} "
-                     f"{human(r['measured_step_bytes']):>11s} {ratio:6.2f} {r['seconds']:7.1f}")
+        lines.append(f"{r['name']:40s} {r['micro_batch']:5d} {r['seq_len']:6d} {binary_bytes(r['predicted_step_bytes']):>11s} "
+                     f"{binary_bytes(r['measured_step_bytes']):>11s} {ratio:6.2f} {r['seconds']:7.1f}")
     return "\n".join(lines)
 
 
@@ -469,6 +449,6 @@ def from_args(args, parser):
     else:
         print(format_plan(rows, memory))
     if args.dry_run:
-        print(f"\ndry run on this CPU ({human(device_memory('cpu'))} available):")
+        print(f"\ndry run on this CPU ({binary_bytes(device_memory('cpu'))} available):")
         print(format_dry_run(dry_run(args.scale)))
     return rows

@@ -1,8 +1,11 @@
 """The lessons' figures: one function per figure, used by the lessons and by ``python -m minireformer figures``.
 
-Every function takes plain parameters (sizes, seeds, measured numbers) and returns a
+Every function takes data (measured numbers, the intermediates of a computation, a few sizes) and returns a
 ``matplotlib.figure.Figure`` built without pyplot, so nothing global is touched: a lesson shows the
-returned figure, the figures command saves it, a test can inspect it.
+returned figure, the figures command saves it, a test can inspect it. This module only draws: the data
+comes from the module that measures it (``bench``, ``complexity``, ``longseq``, ...), and
+``python -m minireformer figures`` (``__main__.FIGURES``) is the one place that joins the two. It imports
+only ``hashing`` (to shade the buckets of a picture) and ``measure`` (the slope in a legend).
 """
 
 import math
@@ -11,7 +14,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle, Wedge
 
-from .hashing import hash_vectors, planar_rotations, random_rotations
+from .hashing import hash_points, hash_vectors
+from .measure import loglog_slope
 
 
 def bucket_colors(n_buckets):
@@ -20,31 +24,6 @@ def bucket_colors(n_buckets):
 
     cmap = colormaps["tab20"]
     return [cmap(((2 * i) % 20 + (2 * i) // 20) / 20) for i in range(n_buckets)]
-
-
-def random_unit_vectors(n, dim, *, generator=None):
-    """n points drawn uniformly on the unit sphere in ``dim`` dimensions (normalised Gaussians): ``[n, dim]``."""
-    x = torch.randn(n, dim, generator=generator, dtype=torch.float64)
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def hash_points(n_points, n_buckets, *, dim=2, seed=0, angle=None, rotation_seed=0):
-    """Points on the unit circle (dim 2) or sphere (dim 3) and their buckets under one hash round.
-
-    ``angle`` (radians, circle only) picks the evenly spaced rotation of :func:`planar_rotations`;
-    ``angle=None`` draws a Gaussian R from ``rotation_seed``, as the Reformer does.
-    Returns a dict with ``points [n, dim]``, ``rotations [1, dim, n_buckets // 2]`` and ``buckets [n]``.
-    """
-    points = random_unit_vectors(n_points, dim, generator=torch.Generator().manual_seed(seed))
-    if angle is not None:
-        if dim != 2:
-            raise ValueError(f"angle only applies to the circle (dim=2), got dim={dim}")
-        rotations = planar_rotations(angle, n_buckets, dtype=torch.float64)
-    else:
-        rotations = random_rotations(
-            dim, n_buckets, generator=torch.Generator().manual_seed(rotation_seed), dtype=torch.float64
-        )
-    return {"points": points, "rotations": rotations, "buckets": hash_vectors(points, rotations)[0]}
 
 
 def draw_hash_circle(ax, points, rotations, buckets, n_buckets):
@@ -175,67 +154,6 @@ LSH_STAGE_TEXT = {
 }
 
 
-def clustered_vectors(length, d, n_clusters, *, strength=4.0, generator=None):
-    """``[length, d]`` float64 vectors around ``n_clusters`` random directions, as trained queries and keys
-    are: each is ``strength * sqrt(d) * centre + noise``, so full attention stays mostly inside a cluster."""
-    centers = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=generator, dtype=torch.float64), dim=-1)
-    cluster = torch.randint(n_clusters, (length,), generator=generator)
-    return strength * d ** 0.5 * centers[cluster] + torch.randn(length, d, generator=generator, dtype=torch.float64)
-
-
-def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, causal=False, n_clusters=5, seed=0):
-    """Run one small example through the steps of :mod:`minireformer.lsh`, keeping every intermediate.
-
-    Returns a dict of tensors (leading dim: rounds): ``buckets``, ``sticker`` (sorted order), ``undo``,
-    ``sorted_buckets`` ``[r, L]``; ``allowed_sorted``, ``attention_sorted``, ``attention_rounds`` ``[r, L, L]``
-    (the last in original order); ``round_weights`` ``[r, L]``; ``attention`` and ``full`` ``[L, L]``.
-    The tokens are drawn around ``n_clusters`` directions, so that there are neighbours to find.
-    """
-    from . import lsh
-
-    if length % chunk_len:
-        raise ValueError(f"length ({length}) must be a multiple of chunk_len ({chunk_len}) for the pictures")
-    g = torch.Generator().manual_seed(seed)
-    qk = clustered_vectors(length, d, n_clusters, generator=g)
-    v = torch.randn(length, d, generator=g, dtype=torch.float64)
-    rotations = random_rotations(d, n_buckets, n_rounds, generator=g, dtype=torch.float64)
-    buckets = hash_vectors(qk, rotations)  # [r, L]
-    sticker, undo = lsh.sort_by_bucket(buckets)  # [r, L]
-    sorted_buckets = buckets.gather(-1, sticker)
-
-    def chunks(x):  # [r, L, ...] -> [r, n_chunks, c, ...]
-        return lsh.split_chunks(x, chunk_len, dim=1)
-
-    def windows(x):  # [r, n_chunks, c, ...] -> [r, n_chunks, w, ...]
-        return lsh.look_back_chunks(chunks(x), 1, dim=1)
-
-    allowed = lsh.chunk_mask(chunks(sticker), windows(sticker), chunks(sorted_buckets), windows(sorted_buckets),
-                             length=length, causal=causal)  # [r, n, c, w]
-    q = lsh.sort_vectors(qk, sticker)  # [r, L, d]
-    k = lsh.sort_vectors(torch.nn.functional.normalize(qk, dim=-1), sticker)
-    _, lse, probs = lsh.attend(chunks(q), windows(k), windows(lsh.sort_vectors(v, sticker)), allowed)
-    # scatter each window back into an [L, L] matrix of sorted slots
-    slots = torch.arange(length).expand(n_rounds, length)
-    rows, cols = chunks(slots)[..., :, None], windows(slots)[..., None, :]  # [r, n, c, 1], [r, n, 1, w]
-    dense_sorted = torch.zeros(n_rounds, length, length, dtype=torch.float64)
-    allowed_sorted = torch.zeros(n_rounds, length, length, dtype=torch.bool)
-    for r in range(n_rounds):
-        dense_sorted[r][rows[r].expand_as(probs[r]), cols[r].expand_as(probs[r])] = probs[r]
-        allowed_sorted[r][rows[r].expand_as(probs[r]), cols[r].expand_as(probs[r])] = allowed[r]
-    index = undo[:, :, None]  # original order: P[r, i, j] = P_sorted[r, undo[i], undo[j]]
-    rounds = dense_sorted.gather(1, index.expand(-1, -1, length)).gather(2, undo[:, None, :].expand(-1, length, -1))
-    z = lse.flatten(1).gather(1, undo)  # [r, L] each round's logsumexp, original order
-    weights = z.softmax(dim=0)
-    attention = (weights[..., None] * rounds).sum(0)
-    # full attention's weights: LSH attention with one chunk and no bucket restriction is full attention
-    _, full = lsh.lsh_attention_reference(qk, v, rotations, chunk_len=length, causal=causal, same_bucket_only=False,
-                                          return_attention=True)
-    return {"buckets": buckets, "sticker": sticker, "undo": undo, "sorted_buckets": sorted_buckets,
-            "allowed_sorted": allowed_sorted, "attention_sorted": dense_sorted, "attention_rounds": rounds,
-            "round_weights": weights, "attention": attention, "full": full, "chunk_len": chunk_len,
-            "n_buckets": n_buckets, "qk": qk, "v": v, "rotations": rotations}
-
-
 def _token_strip(ax, buckets, labels, n_buckets, chunk_len=None):
     from matplotlib.colors import ListedColormap
 
@@ -261,7 +179,7 @@ def _matrix(ax, matrix, chunk_len=None, cmap="Blues", vmax=None):
 
 
 def plot_lsh_stage(walk, stage):
-    """Figure: one stage of :func:`lsh_walkthrough` (a name in ``LSH_STAGES``), one row of panels per round."""
+    """Figure: one stage of :func:`minireformer.bench.lsh_walkthrough` (a name in ``LSH_STAGES``), one row of panels per round."""
     if stage not in LSH_STAGES:
         raise ValueError(f"stage must be one of {LSH_STAGES}, got {stage!r}")
     n_rounds, length = walk["buckets"].shape
@@ -302,19 +220,6 @@ def plot_lsh_stage(walk, stage):
     return fig
 
 
-def recall_experiment(rounds=(1, 2, 4, 8), length=1024, d=64, n_buckets=32, chunk_len=64, k=8, seed=2):
-    """Lesson 02's measurement: :func:`minireformer.lsh.top_k_recall` against the number of rounds, for
-    clustered vectors (like trained attention) and for random ones. Returns ``{label: [recall per round]}``."""
-    from .lsh import top_k_recall
-
-    g = torch.Generator().manual_seed(seed)
-    data = {"clustered (like trained attention)": clustered_vectors(length, d, 32, generator=g),
-            "random vectors": torch.randn(length, d, generator=g, dtype=torch.float64)}
-    return {name: [top_k_recall(x, random_rotations(d, n_buckets, r, generator=g, dtype=torch.float64),
-                                k=k, chunk_len=chunk_len).item() for r in rounds]
-            for name, x in data.items()}
-
-
 def plot_recall(rounds, recall):
     """Figure: the share of each query's top-k keys that LSH attention finds, against the number of rounds.
 
@@ -332,65 +237,10 @@ def plot_recall(rounds, recall):
 
 
 # ---- lessons 03 and 04: reversible layers and the chunked feed-forward, measured ----------------------------------
-def reversible_stack(n_blocks, d_model=32, n_heads=4, d_ff=128, *, attention="lsh", chunk_len=32, n_rounds=2,
-                     ff_chunk_size=None, dropout=0.0, reversible=True, seed=0, dtype=torch.float32):
-    """The stack lessons 03 and 04 measure: ``n_blocks`` :class:`~minireformer.reversible.RevBlock` s with
-    ``f = LayerNorm -> attention`` (``"lsh"`` or ``"full"``) and ``g = LayerNorm -> FeedForward`` (the
-    Reformer's layer), as a :class:`~minireformer.reversible.ReversibleSequence`; parameters drawn from ``seed``."""
-    from .attention import FullSelfAttention, LSHSelfAttention
-    from .chunking import FeedForward
-    from .model import PreNorm
-    from .reversible import RevBlock, ReversibleSequence
-
-    if attention not in ("lsh", "full"):
-        raise ValueError(f"attention must be 'lsh' or 'full', got {attention!r}")
-
-    def make_attention():
-        if attention == "full":
-            return FullSelfAttention(d_model, n_heads, dropout=dropout)
-        return LSHSelfAttention(d_model, n_heads, n_rounds=n_rounds, chunk_len=chunk_len, dropout=dropout)
-
-    torch.manual_seed(seed)
-    blocks = [RevBlock(PreNorm(d_model, make_attention()),
-                       PreNorm(d_model, FeedForward(d_model, d_ff, dropout=dropout, chunk_size=ff_chunk_size)))
-              for _ in range(n_blocks)]
-    return ReversibleSequence(blocks, reversible=reversible).to(dtype)
-
-
-def _training_step(seq, x):
-    from .reversible import duplicate, merge
-
-    merge(*seq(*duplicate(x))).square().mean().backward()
-
-
-def depth_memory_experiment(depths=(1, 2, 4, 8, 12), *, length=256, d_model=32, d_ff=128, attention="full", seed=0):
-    """Lesson 03's measurement: for a :func:`reversible_stack` of each depth, run ordinary and reversible,
-    the bytes saved for backward by the forward pass (:func:`~minireformer.memory.saved_activation_bytes`)
-    and the peak extra memory of a training step (:func:`~minireformer.memory.peak_memory`; the parameter
-    gradients exist beforehand, so the peak is activations and temporaries). Batch 1, ``[1, length, d_model]``.
-
-    Returns ``{"saved": {"ordinary": [bytes per depth], "reversible": [...]}, "peak": {...}}``.
-    """
-    from .memory import peak_memory, saved_activation_bytes
-    from .reversible import duplicate
-
-    result = {"saved": {"ordinary": [], "reversible": []}, "peak": {"ordinary": [], "reversible": []}}
-    x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
-    for n_blocks in depths:
-        seq = reversible_stack(n_blocks, d_model, d_ff=d_ff, attention=attention, seed=seed)
-        _training_step(seq, x)  # allocates every .grad: later steps accumulate into them in place
-        for name, reversible in (("ordinary", False), ("reversible", True)):
-            seq.reversible = reversible
-            torch.manual_seed(seed)
-            result["saved"][name].append(saved_activation_bytes(lambda: seq(*duplicate(x))))
-            result["peak"][name].append(peak_memory(_training_step, seq, x))
-    return result
-
-
 def plot_memory_vs_depth(depths, measured):
     """Figure: measured bytes against the number of blocks, ordinary vs reversible (one panel per measure).
 
-    measured: ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`depth_memory_experiment`.
+    measured: ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`minireformer.bench.depth_memory_experiment`.
     """
     titles = {"saved": "activations saved for backward", "peak": "peak memory of a training step"}
     fig = Figure(figsize=(9.6, 3.9), layout="constrained")
@@ -404,37 +254,12 @@ def plot_memory_vs_depth(depths, measured):
     return fig
 
 
-def drift_experiment(depths=(1, 2, 4, 8, 16, 24), *, length=64, d_model=32, d_ff=128, attention="full", seed=0):
-    """Lesson 03's measurement: :func:`~minireformer.reversible.reconstruction_error` of the first ``n`` blocks
-    of one deep :func:`reversible_stack`, for each ``n`` in ``depths``, in float32 and float64, with
-    ``x [2, length, d_model]`` of unit-variance entries; and beside it the rounding bound ``2 n eps max|y|``:
-    every block rounds four results (two sums forward, two differences in the inverse), each off by at most
-    ``eps / 2`` times its size, and no activation is larger than ``max|y|`` (the largest ``|y|`` over the
-    ``n`` blocks' outputs). Returns ``{"error": {dtype: [per depth]}, "bound": {dtype: [per depth]}}``."""
-    from .reversible import reconstruction_error
-
-    result = {"error": {}, "bound": {}}
-    for dtype in (torch.float32, torch.float64):
-        blocks = list(reversible_stack(max(depths), d_model, d_ff=d_ff, attention=attention, seed=seed,
-                                       dtype=dtype).blocks)
-        x = torch.randn(2, length, d_model, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-        largest, y = [], (x, x)
-        with torch.no_grad():
-            for block in blocks:
-                y = block(*y)
-                largest.append(max(largest[-1:] + [y[0].abs().max().item(), y[1].abs().max().item()]))
-        name, eps = str(dtype).removeprefix("torch."), torch.finfo(dtype).eps
-        result["error"][name] = [reconstruction_error(blocks[:n], x) for n in depths]
-        result["bound"][name] = [2 * n * eps * largest[n - 1] for n in depths]
-    return result
-
-
-def plot_reconstruction_drift(depths, errors, bound=None):
-    """Figure: the largest error of the rebuilt input against depth, log scale; ``errors`` ``{label: [...]}``,
+def plot_reconstruction_drift(depths, error, bound=None):
+    """Figure: the largest error of the rebuilt input against depth, log scale; ``error`` ``{label: [...]}``,
     ``bound`` (optional) ``{label: [bound per depth]}``, drawn dashed in the colour of the same label."""
     fig = Figure(figsize=(6.4, 4), layout="constrained")
     ax = fig.add_subplot()
-    for label, values in errors.items():
+    for label, values in error.items():
         (line,) = ax.plot(depths, values, "o-", label=f"{label}, measured")
         if bound and label in bound:
             ax.plot(depths, bound[label], "--", color=line.get_color(), label=f"{label}, bound 2 n ε max|y|")
@@ -443,34 +268,6 @@ def plot_reconstruction_drift(depths, errors, bound=None):
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
-
-
-def step_times(depths, *, length=512, d_model=64, d_ff=256, repeats=5, device=None, seed=0):
-    """Seconds per training step (forward + backward, the best of ``repeats``) of a :func:`reversible_stack` of
-    each depth, ordinary and reversible: ``{"ordinary": [...], "reversible": [...]}``, on ``device`` (default:
-    CUDA when available, else the CPU). Timings, so not reproducible to the byte: lesson 03 shows them, the
-    figures command does not draw them."""
-    import time
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed)).to(device).requires_grad_()
-    times = {"ordinary": [], "reversible": []}
-    for n_blocks in depths:
-        seq = reversible_stack(n_blocks, d_model, d_ff=d_ff, seed=seed).to(device)
-        _training_step(seq, x)  # warm up
-        best = {name: math.inf for name in times}
-        for _ in range(repeats):  # alternate the two, so that both see the same (busy or idle) machine
-            for name in times:
-                seq.reversible = name == "reversible"
-                sync()
-                start = time.perf_counter()
-                _training_step(seq, x)
-                sync()
-                best[name] = min(best[name], time.perf_counter() - start)
-        for name in times:
-            times[name].append(best[name])
-    return times
 
 
 def plot_step_time_vs_depth(depths, times, machine=""):
@@ -484,30 +281,6 @@ def plot_step_time_vs_depth(depths, times, machine=""):
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
-
-
-def chunk_memory_experiment(n_chunks=(1, 2, 4, 8, 16), *, length=1024, d_model=32, d_ff=1024, seed=0):
-    """Lesson 04's measurement: the peak memory of forward + backward of a ``FeedForward(d_model, d_ff)`` on
-    ``[1, length, d_model]`` cut into each number of chunks, checkpointed (:func:`~minireformer.chunking.
-    chunked_feed_forward`) and as a plain loop over the chunks. Returns ``{label: [bytes per entry]}``."""
-    from .chunking import FeedForward
-    from .memory import peak_memory
-
-    torch.manual_seed(seed)
-    ff = FeedForward(d_model, d_ff)
-    x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
-    ff(x).sum().backward()  # allocate the .grad of x and of every parameter before measuring
-
-    def checkpointed(chunk_size):
-        ff.chunk_size = chunk_size
-        ff(x).sum().backward()
-
-    def plain_loop(chunk_size):
-        torch.cat([ff.net(chunk) for chunk in x.split(chunk_size, dim=-2)], dim=-2).sum().backward()
-
-    sizes = [math.ceil(length / n) for n in n_chunks]
-    return {"chunked, each chunk checkpointed": [peak_memory(checkpointed, size) for size in sizes],
-            "plain loop over the chunks": [peak_memory(plain_loop, size) for size in sizes]}
 
 
 def plot_chunk_memory(n_chunks, peaks, d_ff=None):
@@ -565,11 +338,15 @@ def plot_length_sweep(rows, *, memory_budget=None):
     """Figure: peak memory (left, log-log) and tokens/s (right) of one training step against the sequence
     length; ``rows`` from :func:`minireformer.longseq.length_sweep`. Steps that ran out of memory or were
     skipped are drawn hollow at their extrapolated need; the budget is a dashed line."""
-    from .longseq import sweep_series
-
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    memory, speed = sweep_series(rows, "peak_bytes"), sweep_series(rows, "tokens_per_s")
+    memory, speed = {}, {}  # {model: (lengths, values)} of the steps that ran
+    for r in rows:
+        if r["status"] == "ok":
+            for series, key in ((memory, "peak_bytes"), (speed, "tokens_per_s")):
+                lengths_, values = series.setdefault(r["model"], ([], []))
+                lengths_.append(r["seq_len"])
+                values.append(r[key])
     names = list(dict.fromkeys(r["model"] for r in rows))
     lengths = sorted({r["seq_len"] for r in rows})
     for i, name in enumerate(names):
@@ -671,26 +448,6 @@ def plot_table2(ours, paper):
 # ---- lessons 00 and 05: a plain Transformer measured, and the paper's Table 3 held against measurements -----------
 MODEL_COLORS = {"Transformer": "tab:red", "Reversible Transformer": "tab:orange",
                 "Chunked Reversible Transformer": "tab:olive", "LSH Transformer": "tab:blue", "Reformer": "tab:green"}
-SCALING_SIZES = dict(b=1, l=128, d_model=16, d_ff=64, n_h=2, n_l=2, n_r=2, chunk_len=16, ff_chunk_size=16)
-
-
-def transformer_memory_experiment(lengths=(64, 128, 256, 512), depths=(1, 2, 4, 8), *, length=128, **sizes):
-    """Lesson 00's measurements of a plain Transformer (:data:`minireformer.complexity.VARIANTS`' first row).
-
-    Returns ``{"lengths", "peak"}``: the peak bytes of forward + backward of one layer at each length, with
-    ``"scores"``: the bytes of one ``[b, n_h, l, l]`` float32 tensor; and ``{"depths", "saved"}``: the bytes
-    kept for backward by ``n_l`` layers at ``length``. Sizes default to :data:`SCALING_SIZES`.
-    """
-    from .complexity import memory_scaling
-
-    sizes = {**SCALING_SIZES, **sizes}
-    peak = memory_scaling(["Transformer"], "l", lengths, **dict(sizes, n_l=1))["Transformer"]
-    saved = memory_scaling(["Transformer"], "n_l", depths, what="saved", **dict(sizes, l=length))["Transformer"]
-    scores = [4 * sizes["b"] * sizes["n_h"] * n * n for n in lengths]
-    return {"lengths": list(lengths), "peak": peak, "scores": scores, "depths": list(depths), "saved": saved,
-            "length": length}
-
-
 def plot_transformer_memory(data):
     """Figure: a plain Transformer's memory against length (one layer: grows as l²) and depth (grows as n_l)."""
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -716,20 +473,6 @@ def plot_transformer_memory(data):
     return fig
 
 
-def saved_tensor_experiment(lengths=(32, 512), *, d_model=64, d_ff=256, n_h=4, b=1, seed=0):
-    """The tensors one plain Transformer layer keeps for backward (:func:`minireformer.complexity.saved_tensors`,
-    parameters left out), at each length: ``{l: [{"op", "name", "shape", "dtype", "bytes"}, ...]}``."""
-    from .complexity import build_variant, saved_tensors
-
-    result = {}
-    for length in lengths:
-        layer = build_variant("Transformer", d_model=d_model, d_ff=d_ff, n_h=n_h, n_l=1, n_r=1, chunk_len=length,
-                              ff_chunk_size=None, l=length, seed=seed)
-        x = torch.randn(b, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
-        result[length] = saved_tensors(layer(x), exclude=list(layer.parameters()))
-    return result
-
-
 def tensor_kind(shape, length, d_ff):
     """Which term of the table a saved tensor belongs to: the ``l x l`` scores, the ``d_ff``-wide
     intermediate, or the rest (``d_model`` wide and smaller)."""
@@ -742,7 +485,7 @@ def tensor_kind(shape, length, d_ff):
 
 def plot_saved_tensors(tensors, *, d_model=64, d_ff=256, n_h=4, top=10):
     """Figure: the largest tensors one Transformer layer keeps for backward, one panel per length
-    (``tensors`` from :func:`saved_tensor_experiment`), coloured by the table term they belong to."""
+    (``tensors`` from :func:`minireformer.complexity.saved_tensor_experiment`), coloured by the table term they belong to."""
     colors = {"attention: l x l": MODEL_COLORS["Transformer"], "feed-forward: d_ff wide": "tab:purple",
               "d_model wide, or smaller": "tab:gray"}
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -765,31 +508,10 @@ def plot_saved_tensors(tensors, *, d_model=64, d_ff=256, n_h=4, top=10):
     return fig
 
 
-SCALING_SWEEPS = {  # variable -> (values, the rows drawn)
-    "l": ((64, 128, 256), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
-    "n_l": ((1, 2, 4, 8), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
-    "d_ff": ((64, 256, 1024), ("Reversible Transformer", "Chunked Reversible Transformer", "LSH Transformer",
-                               "Reformer")),
-}
-
-
-def scaling_experiment(names=("l", "n_l", "d_ff"), **sizes):
-    """Lesson 05's sweeps (:data:`SCALING_SWEEPS`): ``{name: (values, {model: peak bytes})}``, at
-    :data:`SCALING_SIZES` but for the variable swept."""
-    from .complexity import memory_scaling
-
-    sizes = {**SCALING_SIZES, **sizes}
-    return {name: (SCALING_SWEEPS[name][0], memory_scaling(SCALING_SWEEPS[name][1], name, SCALING_SWEEPS[name][0],
-                                                           **sizes))
-            for name in names}
-
-
-def plot_complexity_scaling(sweeps, sizes=None):
+def plot_complexity_scaling(sweeps, sizes):
     """Figure: measured peak memory of the table's rows against each swept variable, log-log, each line
-    labelled with its fitted slope (the k of memory ~ x^k). ``sweeps`` from :func:`scaling_experiment`."""
-    from .complexity import loglog_slope
-
-    sizes = {**SCALING_SIZES, **(sizes or {})}
+    labelled with its fitted slope (the k of memory ~ x^k). ``sweeps`` from
+    :func:`minireformer.complexity.scaling_experiment`, ``sizes`` the fixed ones (``complexity.SCALING_SIZES``)."""
     labels = {"l": "sequence length l", "n_l": "layers $n_l$", "d_ff": "feed-forward width $d_{ff}$"}
     fig = Figure(figsize=(4.2 * len(sweeps), 4.2), layout="constrained")
     axes = fig.subplots(1, len(sweeps), squeeze=False)[0]

@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checks import check_int
 from .data import ByteCorpus, duplication_batch, duplication_target_mask, load_corpus
+from .measure import cpu_threads, resolve_device
 from .model import ReformerConfig, ReformerLM
 
 CHECKPOINT_FORMAT = "minireformer-checkpoint-1"
@@ -65,51 +67,19 @@ class TrainConfig:
         if self.task not in ("duplication", "text"):
             raise ValueError(f"task must be 'duplication' or 'text', got {self.task!r}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name))
         for name in ("warmup", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            check_int(name, getattr(self, name), least=0)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.grad_clip >= 0 or not self.weight_decay >= 0:
             raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}")
-        if self.micro_batch_size is not None and (isinstance(self.micro_batch_size, bool)
-                                                  or not isinstance(self.micro_batch_size, int)
-                                                  or self.micro_batch_size < 1
-                                                  or self.batch_size % self.micro_batch_size):
-            raise ValueError(f"micro_batch_size must be a positive integer that divides batch_size "
-                             f"({self.batch_size}), got {self.micro_batch_size!r}")
+        wanted = f"a positive integer that divides batch_size ({self.batch_size})"
+        if self.micro_batch_size is not None and self.batch_size % check_int("micro_batch_size", self.micro_batch_size,
+                                                                             wanted=wanted):
+            raise ValueError(f"micro_batch_size must be {wanted}, got {self.micro_batch_size!r}")
         if self.task == "duplication" and self.seq_len % 2:
             raise ValueError(f"seq_len must be even for the duplication task (0 w 0 w), got {self.seq_len}")
-
-
-def resolve_device(name="auto"):
-    """``auto`` -> CUDA if available, else CPU; anything else is passed to ``torch.device`` and must exist here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but CUDA is not available on this machine; use 'auto' or 'cpu'")
-    return device
-
-
-@contextlib.contextmanager
-def cpu_threads(n=None):
-    """Run the block with ``n`` CPU threads for torch's ops (``None``: leave the setting alone). Small models
-    gain nothing from more threads, and on a CPU shared with other work extra threads cost a lot of time."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def collective_device(device):
@@ -445,17 +415,11 @@ def evaluate_checkpoint(path, *, attention=None, n_rounds=None, batches=None, de
 
 # ---- the command line: python -m minireformer train | eval ----------------------------------------------------
 def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError
-    return value
+    return check_int("value", int(text))
 
 
 def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise ValueError
-    return value
+    return check_int("value", int(text), least=0)
 
 
 positive_int.__name__, non_negative_int.__name__ = "positive integer", "integer >= 0"  # argparse's error text

@@ -1,4 +1,4 @@
-"""Interactive lesson widgets: thin ipywidgets wiring around the pure figure functions of ``plots``.
+"""Interactive lesson widgets: thin ipywidgets wiring around pure functions (the data, then its figure from ``plots``).
 
 A widget only connects controls to a pure function of the control values. It keeps the result of the
 last update (``figure``, ``summary`` and the data drawn) so a test can set ``widget.controls[...].value``
@@ -14,7 +14,9 @@ import ipywidgets as widgets
 from IPython.display import Image, display
 from matplotlib.figure import Figure
 
-from .plots import LSH_STAGE_TEXT, LSH_STAGES, draw_hash_circle, draw_hash_sphere, hash_points, lsh_walkthrough, plot_lsh_stage
+from .bench import lsh_walkthrough
+from .hashing import hash_points
+from .plots import LSH_STAGE_TEXT, LSH_STAGES, draw_hash_circle, draw_hash_sphere, plot_lsh_stage
 
 
 class FigureWidget:

@@ -4,7 +4,7 @@ memory scaling the benchmark reports (exact on the CPU). No timing asserts: timi
 import pytest
 import torch
 
-from minireformer import bench, lsh
+from minireformer import anchors, bench, lsh
 from minireformer.__main__ import main
 from minireformer.hashing import hash_vectors, random_rotations
 
@@ -121,27 +121,27 @@ def test_cli_errors_are_clear(argv, message, capsys):
 
 
 def test_compare_skips_missing_packages(monkeypatch):
-    real = bench.importlib.import_module
+    real = anchors.importlib.import_module
 
     def no_references(name, *args, **kwargs):
         if name.startswith(("transformers", "reformer_pytorch")):
             raise ImportError(name)
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(bench.importlib, "import_module", no_references)
+    monkeypatch.setattr(anchors.importlib, "import_module", no_references)
     rows, notes = bench.compare_attention(128, n_rounds=1, repeats=1, device="cpu")
     # ours at the paper's bucket count and at reformer-pytorch's (L / chunk: 128 / 64 = 2), nothing to compare with
     assert [r["model"] for r in rows] == ["minireformer LSH-1", "minireformer LSH-1, 2 buckets"]
     assert not any("vs_best" in r for r in rows)
     assert "n_buckets=4" in notes[0]
     assert sum("is not installed" in note for note in notes) == 2
-    rows, notes = bench.bench_reversible((1,), length=128, ff_chunk=None, repeats=1, compare=True)
+    rows, notes = bench.bench_reversible((1,), length=128, ff_chunk_size=None, repeats=1, compare=True)
     assert any("reformer-pytorch is not installed" in note for note in notes)
     assert not any(r["model"].startswith("reformer-pytorch") for r in rows)
 
 
 def test_reversible_rows_and_flat_memory():
-    rows, _ = bench.bench_reversible((1, 2, 3), length=1024, ff_chunk=None, repeats=1, device="cpu")
+    rows, _ = bench.bench_reversible((1, 2, 3), length=1024, ff_chunk_size=None, repeats=1, device="cpu")
     assert [r["model"] for r in rows] == ["ordinary", "reversible"] * 3
     assert all("ratio" in r for r in rows if r["model"] == "reversible")
     peak = {(r["model"], r["n_blocks"]): r["peak_mb"] for r in rows}

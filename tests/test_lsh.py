@@ -91,7 +91,7 @@ def test_kept_probabilities_give_the_same_gradients_without_recomputing(monkeypa
         kept, forward_calls, backward_calls = grads()
     assert forward_calls > 1 and backward_calls == 0
     recomputed, _, backward_calls = grads()  # outside the block: recomputed again
-    assert backward_calls == forward_calls and not getattr(lsh._KEEP, "on", False)
+    assert backward_calls == forward_calls and not lsh._CHANNEL.keep and lsh._CHANNEL.tape is None
     for grad, other, ref in zip(kept, recomputed, ref_grads):
         torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(grad, other, rtol=1e-12, atol=1e-12)
@@ -291,7 +291,7 @@ def test_errors_name_the_argument(fn):
 
 def test_top_k_recall_counts_found_top_keys():
     from minireformer.lsh import top_k_recall
-    from minireformer.plots import clustered_vectors
+    from minireformer.hashing import clustered_vectors
 
     g = torch.Generator().manual_seed(11)
     qk = clustered_vectors(48, 8, 4, generator=g)

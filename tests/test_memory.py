@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minireformer.memory import StoragePeak, peak_memory, saved_activation_bytes
+from minireformer.memory import BudgetedPeak, MemoryBudgetExceeded, StoragePeak, peak_memory, saved_activation_bytes
 
 
 def test_saved_bytes_of_a_matrix_product_are_its_two_operands():
@@ -66,3 +66,13 @@ def test_peak_on_an_accelerator_comes_from_the_allocator():
     device = torch.device("cuda")
     peak = peak_memory(lambda: torch.empty(1 << 20, device=device).add_(1), device=device)
     assert 4 << 20 <= peak < 5 << 20
+
+
+def test_budgeted_peak_counts_like_storage_peak_and_raises_past_the_budget():
+    with BudgetedPeak() as tracker:
+        a = torch.empty(1000)
+        del a
+    assert tracker.peak == 4000
+    with pytest.raises(MemoryBudgetExceeded, match="over the budget of 3,000"):
+        with BudgetedPeak(budget=3000):
+            torch.empty(1000)

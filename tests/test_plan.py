@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from minireformer import longseq, plan
+from minireformer.measure import binary_bytes
 from minireformer.__main__ import main
 
 GiB, MiB = 2**30, 2**20
@@ -125,7 +126,7 @@ def test_learning_curves_ask_the_plan_and_shrink_the_batch_or_skip(capsys):
 
 
 def test_the_device_memory_is_positive():
-    assert plan.device_memory("cpu") > 0 and plan.human(plan.device_memory("cpu")).endswith("B")
+    assert plan.device_memory("cpu") > 0 and binary_bytes(plan.device_memory("cpu")).endswith("B")
 
 
 def test_probes_grow_past_a_constant_that_hides_the_activations(monkeypatch):

@@ -11,7 +11,8 @@ from minireformer.__main__ import main
 from minireformer.experiments import (DUPLICATION_SCALES, PAPER_TABLE2, duplication_configs, evaluate_attentions,
                                       format_table2, parse_attention)
 from minireformer.model import ReformerLM
-from minireformer.train import (CheckpointError, Trainer, TrainConfig, cpu_threads, evaluate_checkpoint,
+from minireformer.measure import cpu_threads
+from minireformer.train import (CheckpointError, Trainer, TrainConfig, evaluate_checkpoint,
                                 mean_over_processes)
 
 TINY_MODEL = dict(d_model=16, n_heads=2, d_ff=16, n_layers=2, chunk_len=4, n_rounds=2, dropout=0.1)

@@ -2,12 +2,12 @@
 
 import pytest
 
-from minireformer import plots
+from minireformer import bench, plots
 
 
 def test_depth_memory_experiment_reversible_flat_ordinary_linear():
     depths = [1, 3]
-    memory = plots.depth_memory_experiment(depths, length=64, d_model=16, d_ff=32)
+    memory = bench.depth_memory_experiment(depths, length=64, d_model=16, d_ff=32)
     assert memory["saved"]["reversible"] == [2 * 64 * 16 * 4] * 2  # y1 and y2 only
     ordinary = memory["saved"]["ordinary"]
     assert ordinary[0] > 5 * memory["saved"]["reversible"][0]
@@ -18,7 +18,7 @@ def test_depth_memory_experiment_reversible_flat_ordinary_linear():
 
 def test_drift_experiment_stays_below_its_rounding_bound():
     depths = [1, 4]
-    drift = plots.drift_experiment(depths, length=16, d_model=16, d_ff=32)
+    drift = bench.drift_experiment(depths, length=16, d_model=16, d_ff=32)
     for name in ("float32", "float64"):
         assert all(0 <= e < b for e, b in zip(drift["error"][name], drift["bound"][name]))
     assert max(drift["error"]["float64"]) < 1e-12 < min(drift["error"]["float32"])
@@ -26,7 +26,7 @@ def test_drift_experiment_stays_below_its_rounding_bound():
 
 def test_chunk_memory_experiment_checkpointed_shrinks_plain_loop_does_not():
     n_chunks = [1, 4]
-    peaks = plots.chunk_memory_experiment(n_chunks, length=256, d_model=16, d_ff=512)
+    peaks = bench.chunk_memory_experiment(n_chunks, length=256, d_model=16, d_ff=512)
     checkpointed, loop = peaks["chunked, each chunk checkpointed"], peaks["plain loop over the chunks"]
     assert checkpointed[0] == loop[0]  # one chunk: the same computation
     assert checkpointed[1] < 0.35 * checkpointed[0]
@@ -34,8 +34,8 @@ def test_chunk_memory_experiment_checkpointed_shrinks_plain_loop_does_not():
 
 
 def test_step_times_and_stack_options():
-    times = plots.step_times([1], length=32, d_model=16, d_ff=32, repeats=1)
+    times = bench.step_times([1], length=32, d_model=16, d_ff=32, repeats=1)
     assert set(times) == {"ordinary", "reversible"} and all(t[0] > 0 for t in times.values())
     assert plots.plot_step_time_vs_depth([1], times, "test machine").axes
     with pytest.raises(ValueError, match="attention"):
-        plots.reversible_stack(1, attention="dense")
+        bench.reversible_stack(1, attention="dense")

@@ -1,0 +1,169 @@
+"""The measuring toolbox: how every module of the course times a step, picks a device, sets the CPU's threads,
+fits a log-log slope and prints numbers, so that two measurements are always made the same way.
+
+- **time**: :func:`time_step` is the median of ``repeats`` calls after one warm-up call, the device
+  synchronised around each; :func:`interleaved` times several steps one call of each in turn, so that
+  whatever else the machine does slows them all alike; :class:`Stopwatch` is a wall clock for a whole
+  run. Nothing else in the package reads the clock, except the trainer's tokens/s meter.
+- **device**: :func:`resolve_device` (``"auto"``: CUDA when present, else the CPU), :func:`synchronize`,
+  :func:`cpu_threads`, :func:`machine` (the machine in words, for a printed table).
+- **numbers**: :func:`loglog_slope` (the k of ``y ~ x^k``), :func:`linear_quadratic` (``a x + c x^2``), :func:`binary_bytes` (``"812.0 MiB"``),
+  :func:`si` (``"3.2 G"``), :func:`format_table`.
+"""
+
+import contextlib
+import math
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+
+# ---- the device ---------------------------------------------------------------------------------------------------
+def resolve_device(name="auto"):
+    """``"auto"`` (or ``None``) -> CUDA if available, else the CPU; anything else is passed to ``torch.device``
+    and must exist on this machine."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    return device
+
+
+def synchronize(device):
+    """Wait until ``device`` has finished its queued work (nothing to wait for on the CPU)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        torch.get_device_module(device.type).synchronize(device)
+
+
+@contextlib.contextmanager
+def cpu_threads(n=None):
+    """Run the block with ``n`` CPU threads for torch's ops (``None``: leave the setting alone). Small models
+    gain nothing from more threads, and on a CPU shared with other work extra threads cost a lot of time."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine():
+    """The machine in words, for printed tables."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads"
+
+
+# ---- time ---------------------------------------------------------------------------------------------------------
+def timings(step, repeats, device="cpu", *, warmup=True):
+    """Seconds of each of ``repeats`` calls of ``step()`` (after one unmeasured call with ``warmup``)."""
+    if warmup:
+        step()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_step(step, *, repeats=3, device="cpu"):
+    """Median seconds of ``repeats`` calls of ``step()`` after one warm-up call."""
+    return statistics.median(timings(step, repeats, device))
+
+
+def interleaved(steps, repeats, device="cpu"):
+    """Time several steps ``{name: step}``, one call of each in turn (after one warm-up call of each), so that
+    background load hits every one alike: ``{name: [seconds of each repeat]}``."""
+    for step in steps.values():
+        step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name] += timings(step, 1, device, warmup=False)
+    return times
+
+
+class Stopwatch:
+    """Wall-clock seconds of a ``with`` block (or up to now, inside it): ``with Stopwatch() as clock: ...;
+    clock.seconds``."""
+
+    def __enter__(self):
+        self.start, self.end = time.perf_counter(), None
+        return self
+
+    def __exit__(self, *exc):
+        self.end = time.perf_counter()
+
+    @property
+    def seconds(self):
+        return (self.end if self.end is not None else time.perf_counter()) - self.start
+
+
+# ---- numbers ------------------------------------------------------------------------------------------------------
+def loglog_slope(xs, ys):
+    """The least-squares slope of log(y) against log(x): the k of y ~ x^k (2 for l², 1 for linear, 0 for flat)."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"xs and ys must have the same length >= 2, got {len(xs)} and {len(ys)}")
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def loglog_slopes(xs, ys):
+    """The log-log slope between each pair of consecutive points: 1 for linear growth, 2 for quadratic."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"need two or more (x, y) pairs, got {len(xs)} xs and {len(ys)} ys")
+    return [loglog_slope(xs[i:i + 2], ys[i:i + 2]) for i in range(len(xs) - 1)]
+
+
+def linear_quadratic(points):
+    """``(a, c)`` with ``a x + c x^2`` through two ``(x, y)`` points, both >= 0 (a small negative quadratic part
+    is rounding, not shrinking): how a step's memory or time grows in the length, its activations (``a``) and
+    full attention's scores (``c``)."""
+    (x0, y0), (x1, y1) = points
+    c = max(0.0, (y1 / x1 - y0 / x0) / (x1 - x0))
+    return max(0.0, y1 / x1 - c * x1), c
+
+
+def binary_bytes(n):
+    """Bytes as ``"812.0 MiB"`` / ``"23.40 GiB"`` (``None``: ``"-"``)."""
+    return "-" if n is None else f"{n / MiB:,.1f} MiB" if n < GiB else f"{n / GiB:,.2f} GiB"
+
+
+def si(n):
+    """3.2e9 -> '3.2 G': a number with an SI prefix, for tables a learner reads."""
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {prefix}"
+    return f"{n:.3g}"
+
+
+def format_table(header, rows, *, markdown=False, align=None):
+    """Rows of cells (anything ``str`` can print) under a header, as aligned plain text or (``markdown=True``)
+    a Markdown table. ``align``: ``"<"`` or ``">"`` per column (plain text; default: all left)."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    align = align or "<" * len(header)
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells):
+        return "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
