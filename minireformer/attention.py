@@ -24,10 +24,11 @@ from minireformer.hashing import check_n_buckets, random_rotations
 from minireformer.lsh import SELF_BIAS, lsh_attention
 
 
-def full_attention(qk, v, *, causal=False):
+def full_attention(qk, v, *, causal=False, return_attention=False):
     """Shared-QK full attention: ``qk, v [..., L, d]`` -> ``[..., L, d]``; builds the ``[..., L, L]`` scores.
 
-    Half-precision inputs are computed in float32 (as in :func:`minireformer.lsh.lsh_attention`).
+    Half-precision inputs are computed in float32 (as in :func:`minireformer.lsh.lsh_attention`). With
+    ``return_attention=True`` also the weights ``[..., L, L]`` (each row sums to 1).
     """
     if qk.shape != v.shape or qk.dim() < 2:
         raise ValueError(f"qk and v must have the same shape [..., L, d], got {tuple(qk.shape)} and {tuple(v.shape)}")
@@ -40,13 +41,23 @@ def full_attention(qk, v, *, causal=False):
         if causal:
             later = torch.ones(length, length, dtype=torch.bool, device=qk.device).triu(1)
             scores = scores.masked_fill(later, -math.inf)
-        return (scores.softmax(dim=-1) @ v).to(dtype)
+        probs = scores.softmax(dim=-1)
+        out = (probs @ v).to(dtype)
+    return (out, probs.to(dtype)) if return_attention else out
 
 
-def dense_attention(q, k, v, *, causal=False):
+def dense_attention(q, k, v, *, causal=False, return_attention=False):
     """Ordinary attention with separate q, k, v ``[..., L, d]`` through PyTorch's fused kernel (no shared-QK
-    conventions): the fast dense baseline."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    conventions): the fast dense baseline. ``return_attention=True`` also returns the weights
+    ``softmax(q k^T / sqrt(d))`` ``[..., L, L]``, computed the slow way beside the kernel's output."""
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if not return_attention:
+        return out
+    scores = (q / math.sqrt(q.shape[-1])) @ k.mT  # [..., L, L]
+    if causal:
+        later = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(later, -math.inf)
+    return out, scores.softmax(dim=-1)
 
 
 def default_n_buckets(length, chunk_len):
@@ -73,12 +84,21 @@ class _SelfAttention(nn.Module):
     def heads(self, x):  # [B, L, d_model] -> [B, h, L, d_head]
         return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
 
-    def finish(self, out):  # [B, h, L, d_head] -> [B, L, d_model], then projection and dropout
+    def merge_heads(self, out):  # [B, h, L, d_head] -> [B, L, d_model], then projection and dropout
         return self.dropout(self.to_out(out.transpose(1, 2).flatten(2)))
 
     def check(self, x):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape [B, L, d_model={self.d_model}], got {tuple(x.shape)}")
+
+    def forward(self, x):
+        return self.merge_heads(self.attend(x))
+
+    def weights(self, x):
+        """Where every query attends: ``x [B, L, d_model]`` -> ``[B, n_heads, L, L]``, each row summing to 1
+        (``weights @ v`` is what the layer attends to). The same computation as a forward pass in the same RNG
+        state; builds ``L x L`` tensors: for pictures and tests at small L."""
+        return self.attend(x, return_attention=True)[1]
 
 
 class LSHSelfAttention(_SelfAttention):
@@ -116,7 +136,9 @@ class LSHSelfAttention(_SelfAttention):
             raise ValueError("attention_fn is called with lsh_attention's defaults only: it needs look_back=1, "
                              f"same_bucket_only=True and dedup=False, got {options[0]}, {options[1]}, {options[2]}")
 
-    def forward(self, x):
+    def attend(self, x, return_attention=False):
+        """The heads' output ``[B, h, L, d_head]`` (and with ``return_attention`` the weights ``[B, h, L, L]``,
+        from :func:`~minireformer.lsh.lsh_attention` even when an ``attention_fn`` is set)."""
         self.check(x)
         qk, v = self.heads(self.to_qk(x)), self.heads(self.to_v(x))  # [B, h, L, d_head]
         rotations = self.rotations
@@ -124,13 +146,11 @@ class LSHSelfAttention(_SelfAttention):
             n_buckets = self.n_buckets or default_n_buckets(x.shape[1], self.chunk_len)
             rotations = random_rotations(qk.shape[-1], n_buckets, self.n_rounds, generator=self.generator,
                                          device=x.device)
-        if self.attention_fn is not None:
+        if self.attention_fn is not None and not return_attention:
             self.check_attention_fn()
-            out = self.attention_fn(qk, v, rotations.to(qk.dtype), chunk_len=self.chunk_len, causal=self.causal)
-        else:
-            out = lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal,
-                                look_back=self.look_back, same_bucket_only=self.same_bucket_only, dedup=self.dedup)
-        return self.finish(out)
+            return self.attention_fn(qk, v, rotations.to(qk.dtype), chunk_len=self.chunk_len, causal=self.causal)
+        return lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal, look_back=self.look_back,
+                             same_bucket_only=self.same_bucket_only, dedup=self.dedup, return_attention=return_attention)
 
 
 class FullSelfAttention(_SelfAttention):
@@ -141,11 +161,11 @@ class FullSelfAttention(_SelfAttention):
         super().__init__(d_model, n_heads, dropout, shared_qk=shared_qk)
         self.causal, self.shared_qk = causal, shared_qk
 
-    def forward(self, x):
+    def attend(self, x, return_attention=False):
+        """The heads' output ``[B, h, L, d_head]`` (and with ``return_attention`` the weights ``[B, h, L, L]``)."""
         self.check(x)
         v = self.heads(self.to_v(x))  # [B, h, L, d_head]
         if self.shared_qk:
-            out = full_attention(self.heads(self.to_qk(x)), v, causal=self.causal)
-        else:
-            out = dense_attention(self.heads(self.to_q(x)), self.heads(self.to_k(x)), v, causal=self.causal)
-        return self.finish(out)
+            return full_attention(self.heads(self.to_qk(x)), v, causal=self.causal, return_attention=return_attention)
+        return dense_attention(self.heads(self.to_q(x)), self.heads(self.to_k(x)), v, causal=self.causal,
+                               return_attention=return_attention)

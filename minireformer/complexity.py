@@ -28,7 +28,6 @@ from .checks import check_int
 from .measure import cpu_threads, format_table as _table, si, time_step
 from .memory import StoragePeak, saved_activation_bytes
 from .model import ReformerLM
-from .reversible import duplicate, merge
 
 VARIABLES = ("b", "l", "d_model", "d_ff", "n_h", "n_l", "n_r", "c")
 
@@ -110,23 +109,15 @@ MEASURE = dict(b=1, l=512, d_model=32, d_ff=128, n_h=4, n_l=2, n_r=2, chunk_len=
 
 
 class LayerStack(nn.Module):
-    """The layers of a :class:`minireformer.model.ReformerLM` alone: ``x [B, L, d_model] -> [B, L, d_model]``.
-
-    The same steps as ``ReformerLM.forward`` between the embedding and the final norm: reversible blocks on
-    ``(x, x)``, merged; or ``x = x + attention(x); x = x + feed_forward(x)`` per layer.
-    """
+    """The layers of a :class:`minireformer.model.ReformerLM` alone: ``x [B, L, d_model] -> [B, L, d_model]``,
+    by the model's own :meth:`~minireformer.model.ReformerLM.layer_stack` (its parameters are the layers')."""
 
     def __init__(self, model):
         super().__init__()
-        self.layers, self.reversible, self.merge = model.layers, model.config.reversible, model.config.merge
+        self.layers, self._stack = model.layers, model.layer_stack
 
     def forward(self, x):
-        if self.reversible:
-            return merge(*self.layers(*duplicate(x)), mode=self.merge)  # [B, L, d_model]
-        for attention, feed_forward in self.layers:
-            x = x + attention(x)
-            x = x + feed_forward(x)
-        return x
+        return self._stack(x)
 
 
 def build_variant(model, *, d_model, d_ff, n_h, n_l, n_r, chunk_len, ff_chunk_size, l=None, causal=True, seed=0,

@@ -20,6 +20,7 @@ Shapes: tokens ``[batch, seq_len + 1]`` (the model reads ``seq_len``, predicts t
 """
 
 import json
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -217,7 +218,7 @@ def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, ti
                     row["peak_bytes"] = step_peak(net, tokens, memory_budget=memory_budget)
                     memory.append((length, row["peak_bytes"]))
                     if time_it:
-                        row["seconds"] = timings(lambda: training_step(net, tokens), 1, device, warmup=False)[0]
+                        row["seconds"] = timings(partial(training_step, net, tokens), 1, device, warmup=False)[0]
                         row["tokens_per_s"] = batch_size * length / row["seconds"]
                         timing.append((length, row["seconds"]))
                 except OUT_OF_MEMORY:

@@ -15,18 +15,14 @@ full attention and with other numbers of hash rounds). :meth:`ReformerLM.attenti
 layer's dense ``[B, n_heads, L, L]`` attention weights, to see where a trained model looks.
 """
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .attention import FullSelfAttention, LSHSelfAttention, default_n_buckets
+from .attention import FullSelfAttention, LSHSelfAttention
 from .checks import check_int
 from .chunking import FeedForward
-from .hashing import random_rotations
-from .lsh import SELF_BIAS, lsh_attention
 from .reversible import RevBlock, ReversibleSequence, duplicate, merge
 
 
@@ -83,6 +79,16 @@ class PreNorm(nn.Module):
         return self.fn(self.norm(x))
 
 
+class Block(nn.ModuleList):
+    """One pre-norm Transformer layer with ordinary residuals, ``x = x + attention(x); x = x + feed_forward(x)``
+    (a pair of modules, so its parameters are named ``0.*`` and ``1.*``)."""
+
+    def forward(self, x):
+        attention, feed_forward = self
+        x = x + attention(x)
+        return x + feed_forward(x)
+
+
 class AxialPositions(nn.Module):
     """Axial position embeddings (trax, HF): position p = (row, col) gets ``[row_emb[row]; col_emb[col]]``,
     so ``rows * cols`` positions cost ``(rows + cols)`` vectors instead of ``rows * cols``."""
@@ -129,7 +135,7 @@ class ReformerLM(nn.Module):
         if c.reversible:
             self.layers = ReversibleSequence([RevBlock(f, g) for f, g in layers])
         else:
-            self.layers = nn.ModuleList([nn.ModuleList(pair) for pair in layers])
+            self.layers = nn.ModuleList([Block(pair) for pair in layers])
         width = 2 * c.d_model if c.reversible and c.merge == "concat" else c.d_model
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, c.vocab_size)
@@ -191,13 +197,17 @@ class ReformerLM(nn.Module):
         if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len={self.config.max_len}")
         x = self.dropout(self.embed(tokens) + self.positions(length))  # [B, L, d_model]
+        return self.head(self.norm(self.layer_stack(x)))  # [B, L, vocab_size]
+
+    def layer_stack(self, x):
+        """The layers between the embedding and the final norm: ``x [B, L, d_model]`` -> ``[B, L, d_model]``
+        (``[B, L, 2 d_model]`` with ``merge="concat"``): reversible blocks on ``(x, x)``, merged, or the blocks
+        one after another."""
         if self.config.reversible:
-            x = merge(*self.layers(*duplicate(x)), mode=self.config.merge)  # [B, L, d_model or 2 d_model]
-        else:
-            for attention, feed_forward in self.layers:
-                x = x + attention(x)
-                x = x + feed_forward(x)
-        return self.head(self.norm(x))  # [B, L, vocab_size]
+            return merge(*self.layers(*duplicate(x)), mode=self.config.merge)
+        for block in self.layers:
+            x = block(x)
+        return x
 
     @torch.no_grad()
     def attention_weights(self, tokens, layer=0):
@@ -227,44 +237,10 @@ class ReformerLM(nn.Module):
                 x1, x2 = block(x1, x2)
             x = x2  # a reversible block's attention reads the second stream: y1 = x1 + Attention(x2)
         else:
-            for attention, feed_forward in list(self.layers)[:layer]:
-                x = x + attention(x)
-                x = x + feed_forward(x)
+            for block in self.layers[:layer]:
+                x = block(x)
         wrapper = self.attention_layers()[layer]
-        return attention_weights(wrapper.fn, wrapper.norm(x))
-
-    def state(self):
-        """The configuration as a dict, for checkpoints."""
-        return asdict(self.config)
-
-
-def attention_weights(attention, x):
-    """The dense weights ``[B, n_heads, L, L]`` of an attention module (:class:`LSHSelfAttention` or
-    :class:`FullSelfAttention`) on its input ``x [B, L, d_model]``: ``weights @ v`` is what it attends to."""
-    v = attention.heads(attention.to_v(x))  # [B, h, L, d_head]
-    if isinstance(attention, LSHSelfAttention):
-        qk = attention.heads(attention.to_qk(x))
-        rotations = attention.rotations
-        if rotations is None:  # drawn as LSHSelfAttention.forward draws them
-            n_buckets = attention.n_buckets or default_n_buckets(x.shape[1], attention.chunk_len)
-            rotations = random_rotations(qk.shape[-1], n_buckets, attention.n_rounds, generator=attention.generator,
-                                         device=x.device)
-        _, weights = lsh_attention(qk, v, rotations, chunk_len=attention.chunk_len, causal=attention.causal,
-                                   look_back=attention.look_back, same_bucket_only=attention.same_bucket_only,
-                                   dedup=attention.dedup, return_attention=True)
-        return weights
-    length = x.shape[1]
-    if attention.shared_qk:  # the conventions of minireformer.attention.full_attention
-        q = attention.heads(attention.to_qk(x))
-        scores = (q / math.sqrt(q.shape[-1])) @ F.normalize(q, dim=-1).mT  # [B, h, L, L]
-        scores = scores - SELF_BIAS * torch.eye(length, device=x.device, dtype=scores.dtype)
-    else:
-        q, k = attention.heads(attention.to_q(x)), attention.heads(attention.to_k(x))
-        scores = (q / math.sqrt(q.shape[-1])) @ k.mT
-    if attention.causal:
-        later = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-        scores = scores.masked_fill(later, -math.inf)
-    return scores.softmax(dim=-1)
+        return wrapper.fn.weights(wrapper.norm(x))
 
 
 # ---- sampling (lesson 07) ---------------------------------------------------------------------------------------

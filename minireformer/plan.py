@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .measure import KiB, Stopwatch, binary_bytes, linear_quadratic, resolve_device, timings
-from .memory import OUT_OF_MEMORY, StoragePeak
+from .memory import StoragePeak
 from .model import ReformerConfig, ReformerLM
 from .train import sequence_loss
 

@@ -39,6 +39,14 @@ def test_dense_attention_is_ordinary_attention(causal):
     if causal:
         scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), -math.inf)
     torch.testing.assert_close(dense_attention(q, k, v, causal=causal), scores.softmax(-1) @ v)
+    # the weights the modules show (ReformerLM.attention_weights) are the ones that make each output
+    out, weights = dense_attention(q, k, v, causal=causal, return_attention=True)
+    torch.testing.assert_close(weights, scores.softmax(-1))
+    torch.testing.assert_close(out, weights @ v)
+    out, weights = full_attention(q, v, causal=causal, return_attention=True)
+    torch.testing.assert_close(out, full_attention(q, v, causal=causal), rtol=0, atol=0)
+    torch.testing.assert_close(out, weights @ v)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 9, dtype=weights.dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

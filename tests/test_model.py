@@ -131,7 +131,7 @@ def test_attention_weights_reproduce_the_layers_output(attention, reversible):
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 32))
     assert weights.triu(1).abs().max() == 0  # causal: nothing from the future
     attn = wrapper.fn
-    rebuilt = attn.finish(weights @ attn.heads(attn.to_v(seen["x"])))
+    rebuilt = attn.merge_heads(weights @ attn.heads(attn.to_v(seen["x"])))
     torch.testing.assert_close(rebuilt, seen["out"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"layer must be an integer in \[0, 2\)"):
         model.attention_weights(x, layer=2)

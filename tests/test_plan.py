@@ -4,7 +4,6 @@ command, and the lessons' runs that ask it before they train."""
 import json
 
 import pytest
-import torch
 
 from minireformer import longseq, plan
 from minireformer.measure import binary_bytes
