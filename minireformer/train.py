@@ -98,18 +98,86 @@ def mean_over_processes(*values, device=torch.device("cpu")):
     return tuple((total / torch.distributed.get_world_size()).tolist())
 
 
-def torch_random_states(device):
-    """torch's global RNG states that a step draws from: the CPU generator's and, on CUDA, the device's."""
-    states = {"torch": torch.get_rng_state()}
+@dataclass
+class Processes:
+    """This process's place in a ``torchrun`` job (alone: rank 0 of 1) and the device it trains on."""
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+
+def join_processes(device="auto"):
+    """The :class:`Processes` of this run: under ``torchrun`` (``WORLD_SIZE`` > 1) one GPU per process, chosen
+    before NCCL starts (gloo on CPUs), and the process group joined; otherwise the device alone."""
+    device = resolve_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes(device)
     if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(device, torch.distributed.get_rank(), torch.distributed.get_world_size())
 
 
-def set_torch_random_states(states, device):
-    torch.set_rng_state(states["torch"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
+class RandomStream:
+    """A run's own random stream (initial weights, dropout masks, LSH rotations), kept apart from the process's
+    global RNG: the same seed gives the same run whatever else the process draws in between (a notebook,
+    another Trainer, an evaluation), and the same stream in every torchrun process. ``with stream():`` runs
+    a block on it and gives the process its own RNG state back; ``states`` is what a checkpoint keeps
+    (torch's CPU generator and, on CUDA, the device's)."""
+
+    def __init__(self, device, seed):
+        self.device = device
+        with self.fork():
+            torch.manual_seed(seed)
+            self.states = self.current()
+
+    def fork(self):
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
+    def current(self):
+        states = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self.fork():
+            torch.set_rng_state(self.states["torch"])
+            if self.device.type == "cuda" and "cuda" in self.states:
+                torch.cuda.set_rng_state(self.states["cuda"], self.device)
+            yield
+            self.states = self.current()
+
+
+class MetricsFile:
+    """``metrics.csv`` in ``out_dir`` (nothing when ``out_dir`` is None or this is not the first process)."""
+    COLUMNS = ["step", "split", "loss", "accuracy", "bits_per_byte", "tokens_per_s", "elapsed_s"]
+
+    def __init__(self, out_dir, rank=0):
+        self.path = Path(out_dir) / "metrics.csv" if out_dir is not None and rank == 0 else None
+
+    def append(self, row):
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, self.COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def rewrite(self, rows):
+        """The file as ``rows`` say (after a resume: without the rows logged after the checkpoint)."""
+        if self.path is None:
+            return
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def save_atomically(obj, path):
@@ -160,17 +228,9 @@ class Trainer:
     """
 
     def __init__(self, model_config, train_config, out_dir=None, *, resume=False):
-        self.config = train_config
-        c = train_config
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.device = resolve_device(c.device)
-        if self.device.type == "cuda" and self.distributed:  # one GPU per process, before NCCL starts
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
-        if self.distributed and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.rank = torch.distributed.get_rank() if self.distributed else 0
-        self.world = torch.distributed.get_world_size() if self.distributed else 1
+        self.config = c = train_config
+        processes = join_processes(c.device)
+        self.device, self.rank, self.world = processes.device, processes.rank, processes.world
         if c.batch_size % self.world:
             raise ValueError(f"batch_size ({c.batch_size}) must be divisible by the number of processes ({self.world})")
         self.micro = c.micro_batch_size or c.batch_size // self.world
@@ -185,20 +245,17 @@ class Trainer:
             self.corpus, vocab = None, c.n_symbols + 1
         self.model_config = dict(model_config, vocab_size=vocab)
         self.model_config.setdefault("max_len", c.seq_len)
-        # The run owns its random stream (initial weights, dropout masks, LSH rotations), kept apart from the
-        # process's global RNG: the same seed gives the same run whatever else the process draws in between
-        # (a notebook, another Trainer, an evaluation), and the same stream in every torchrun process.
-        with self.fork_rng():
-            torch.manual_seed(c.seed)
+        self.random = RandomStream(self.device, c.seed)  # the initial weights come from it too
+        with self.random():
             self.model = ReformerLM(config=ReformerConfig(**self.model_config)).to(self.device)
-            self.rng = torch_random_states(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / max(1, c.warmup)))
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step, self.metrics = 0, []
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.csv = MetricsFile(self.out_dir, self.rank)
         self.forward, self.ddp = self.model, None
-        if self.distributed:
+        if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if c.compile:
@@ -221,17 +278,6 @@ class Trainer:
         share = size // self.world
         return tokens[self.rank * share:(self.rank + 1) * share].to(self.device)
 
-    def fork_rng(self):
-        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
-
-    @contextlib.contextmanager
-    def own_random_stream(self):
-        """Run the block on this run's random stream, then give the process its own RNG state back."""
-        with self.fork_rng():
-            set_torch_random_states(self.rng, self.device)
-            yield
-            self.rng = torch_random_states(self.device)
-
     def autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -239,7 +285,7 @@ class Trainer:
 
     # ---- training ---------------------------------------------------------------------------------------
     def train_step(self):
-        with self.own_random_stream():
+        with self.random():
             return self._train_step()
 
     def _train_step(self):
@@ -283,7 +329,7 @@ class Trainer:
         model.eval()
         generator = torch.Generator().manual_seed(self.config.seed + 1_000_003)  # the same batches every time
         losses, accuracies = [], []
-        with self.own_random_stream(), self.fork_rng():  # LSH rotations from the run's stream, left unchanged
+        with self.random(), self.random.fork():  # LSH rotations from the run's stream, left unchanged
             for _ in range(batches or self.config.eval_batches):
                 with self.autocast():
                     loss, accuracy = sequence_loss(model, self.batch(generator, "val"), self.config.task)
@@ -297,29 +343,9 @@ class Trainer:
             result["bits_per_byte"] = result["loss"] / math.log(2)
         return result
 
-    CSV_COLUMNS = ["step", "split", "loss", "accuracy", "bits_per_byte", "tokens_per_s", "elapsed_s"]
-
     def record(self, **row):
         self.metrics.append(row)
-        if self.out_dir is None or self.rank:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, self.CSV_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def rewrite_csv(self):
-        """metrics.csv as the metrics say (after a resume: without the rows logged after the checkpoint)."""
-        if self.out_dir is None or self.rank:
-            return
-        with open(self.out_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, self.CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.metrics)
+        self.csv.append(row)
 
     def run(self, progress=True):
         """Train until ``config.steps``; returns the metrics (a list of dicts)."""
@@ -360,7 +386,7 @@ class Trainer:
         save_atomically({
             "format": CHECKPOINT_FORMAT, "model_config": self.model_config, "train_config": asdict(self.config),
             "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": dict(self.rng, data=self.generator.get_state()),
+            "scheduler": self.scheduler.state_dict(), "rng": dict(self.random.states, data=self.generator.get_state()),
             "metrics": self.metrics,
         }, path or self.out_dir / "checkpoint.pt")
 
@@ -376,14 +402,14 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.generator.set_state(checkpoint["rng"]["data"])
-            self.rng = {name: state for name, state in checkpoint["rng"].items() if name != "data"}
-            with self.own_random_stream():  # checks the states now rather than at the first step
+            self.random.states = {name: state for name, state in checkpoint["rng"].items() if name != "data"}
+            with self.random():  # checks the states now rather than at the first step
                 pass
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
             raise CheckpointError(f"checkpoint {path} does not fit this model or optimizer "
                                   f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
         self.step, self.metrics = checkpoint["step"], list(checkpoint.get("metrics", []))
-        self.rewrite_csv()
+        self.csv.rewrite(self.metrics)
 
 
 def train_config_from(options):
