@@ -19,7 +19,8 @@ The harness around them, which imports the mechanisms and never the other way ro
   reformer-pytorch's layers, built to be measured against.
 - ``data``, ``train``, ``experiments`` (Table 2, lesson 06), ``longseq`` (lesson 07), ``plan`` (the memory
   plan of every run), ``fullscale`` (the GPU owner's command), ``scale`` (quick or full).
-- ``exercises`` / ``solutions``: the lessons' "build it" checkers and their teaching solutions.
+- ``exercises`` / ``checking`` / ``solutions``: the lessons' "build it" exercises, the checker that names a
+  learner's mistake, and the teaching solutions.
 - ``plots`` (one function per figure: it only draws), ``widgets`` (controls around the data and its figure)
   and ``__main__`` (the commands; its figure table joins each experiment to its picture).
 """

@@ -15,12 +15,9 @@
   03); the chunked feed-forward's peak against the number of chunks (:func:`chunk_memory_experiment`, 04).
 
 ``compare=True`` also runs HF transformers' and reformer-pytorch's layers and stacks (:mod:`minireformer.anchors`)
-at the same shape, in the same run, with their repeats interleaved with ours so that other work on the machine
-slows every implementation alike.
-
-Time is the median of ``repeats`` steps after one warm-up step (:mod:`minireformer.measure`, the thread count
-left at torch's default). Peak memory is :func:`minireformer.memory.peak_memory` around one more step, the
-same measurement for every implementation (exact tensor storages on the CPU, the allocator on CUDA).
+at the same shape, their repeats interleaved with ours. Time is the median of ``repeats`` steps after a warm-up
+(:mod:`minireformer.measure`); peak memory is :func:`minireformer.memory.peak_memory` around one more step, the
+same for every implementation (exact tensor storages on the CPU, the allocator on CUDA).
 """
 
 import math
