@@ -33,11 +33,11 @@ def full_attention(qk, v, *, causal=False, return_attention=False):
     if qk.shape != v.shape or qk.dim() < 2:
         raise ValueError(f"qk and v must have the same shape [..., L, d], got {tuple(qk.shape)} and {tuple(v.shape)}")
     dtype, length = qk.dtype, qk.shape[-2]
-    work = torch.promote_types(dtype, torch.float32)
+    compute_dtype = torch.promote_types(dtype, torch.float32)
     with torch.autocast(qk.device.type, enabled=False):
-        qk, v = qk.to(work), v.to(work)
+        qk, v = qk.to(compute_dtype), v.to(compute_dtype)
         scores = (qk * qk.shape[-1] ** -0.5) @ F.normalize(qk, dim=-1).transpose(-1, -2)  # [..., L, L]
-        scores = scores - SELF_BIAS * torch.eye(length, device=qk.device, dtype=work)
+        scores = scores - SELF_BIAS * torch.eye(length, device=qk.device, dtype=compute_dtype)
         if causal:
             later = torch.ones(length, length, dtype=torch.bool, device=qk.device).triu(1)
             scores = scores.masked_fill(later, -math.inf)

@@ -213,7 +213,7 @@ def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, ca
     """Run one small example through the steps of :mod:`minireformer.lsh` one at a time, keeping every
     intermediate (lesson 02's pictures and step-through widget).
 
-    Returns a dict of tensors (leading dim: rounds): ``buckets``, ``sticker`` (sorted order), ``undo``,
+    Returns a dict of tensors (leading dim: rounds): ``buckets``, ``sorted_pos`` (sorted order), ``undo``,
     ``sorted_buckets`` ``[r, L]``; ``allowed_sorted``, ``attention_sorted``, ``attention_rounds`` ``[r, L, L]``
     (the last in original order); ``round_weights`` ``[r, L]``; ``attention`` and ``full`` ``[L, L]``.
     The tokens are drawn around ``n_clusters`` directions, so that there are neighbours to find.
@@ -225,8 +225,8 @@ def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, ca
     v = torch.randn(length, d, generator=g, dtype=torch.float64)
     rotations = random_rotations(d, n_buckets, n_rounds, generator=g, dtype=torch.float64)
     buckets = hash_vectors(qk, rotations)  # [r, L]
-    sticker, undo = lsh.sort_by_bucket(buckets)  # [r, L]
-    sorted_buckets = buckets.gather(-1, sticker)
+    sorted_pos, undo = lsh.sort_by_bucket(buckets)  # [r, L]
+    sorted_buckets = buckets.gather(-1, sorted_pos)
 
     def chunks(x):  # [r, L, ...] -> [r, n_chunks, c, ...]
         return lsh.split_chunks(x, chunk_len, dim=1)
@@ -234,11 +234,11 @@ def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, ca
     def windows(x):  # [r, n_chunks, c, ...] -> [r, n_chunks, w, ...]
         return lsh.look_back_chunks(chunks(x), 1, dim=1)
 
-    allowed = lsh.chunk_mask(chunks(sticker), windows(sticker), chunks(sorted_buckets), windows(sorted_buckets),
+    allowed = lsh.chunk_mask(chunks(sorted_pos), windows(sorted_pos), chunks(sorted_buckets), windows(sorted_buckets),
                              length=length, causal=causal)  # [r, n, c, w]
-    q = lsh.sort_vectors(qk, sticker)  # [r, L, d]
-    k = lsh.sort_vectors(torch.nn.functional.normalize(qk, dim=-1), sticker)
-    _, lse, probs = lsh.attend(chunks(q), windows(k), windows(lsh.sort_vectors(v, sticker)), allowed)
+    q = lsh.sort_vectors(qk, sorted_pos)  # [r, L, d]
+    k = lsh.sort_vectors(torch.nn.functional.normalize(qk, dim=-1), sorted_pos)
+    _, lse, probs = lsh.attend(chunks(q), windows(k), windows(lsh.sort_vectors(v, sorted_pos)), allowed)
     # each window scattered into an [L, L] matrix of sorted slots (rows: queries, columns: keys)
     slots = torch.arange(length).expand(n_rounds, length)
     rows, cols = chunks(slots)[..., :, None], windows(slots)[..., None, :]  # [r, n, c, 1], [r, n, 1, w]
@@ -253,7 +253,7 @@ def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, ca
     # full attention's weights: LSH attention with one chunk and no bucket restriction is full attention
     _, full = lsh.lsh_attention_reference(qk, v, rotations, chunk_len=length, causal=causal, same_bucket_only=False,
                                           return_attention=True)
-    return {"buckets": buckets, "sticker": sticker, "undo": undo, "sorted_buckets": sorted_buckets,
+    return {"buckets": buckets, "sorted_pos": sorted_pos, "undo": undo, "sorted_buckets": sorted_buckets,
             "allowed_sorted": allowed_sorted, "attention_sorted": dense_sorted, "attention_rounds": rounds,
             "round_weights": z.softmax(dim=0), "attention": lsh.combine_rounds(rounds, z), "full": full,
             "chunk_len": chunk_len, "n_buckets": n_buckets, "qk": qk, "v": v, "rotations": rotations}

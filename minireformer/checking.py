@@ -36,7 +36,7 @@ class Exercise:
     mistakes: list = field(default_factory=list)  # [(what the mistake is, a function computing it)]
     observe: object = None  # (fn, args, kwargs) -> what is compared; default: fn's return value
     expect: object = None  # (args, kwargs) -> what fn must give; default: the reference, observed
-    names: tuple = ()  # names of the returned values, for messages: ("sticker", "undo")
+    names: tuple = ()  # names of the returned values, for messages: ("sorted_pos", "undo")
 
     def run(self, fn, case):
         args, kwargs = case.build()

@@ -23,7 +23,7 @@ simplest and smallest to the hardest), expected against got. It never raises bec
 exercise                      you write                                          lesson
 ============================  =================================================  ========
 ``hash_vectors``              ``fn(x, rotations) -> buckets``                    01
-``sort_by_bucket``            ``fn(buckets) -> (sticker, undo)``                 02
+``sort_by_bucket``            ``fn(buckets) -> (sorted_pos, undo)``                 02
 ``look_back_chunks``          ``fn(x, look_back, dim=-2) -> windows``            02
 ``chunk_mask``                ``fn(q_pos, k_pos, q_buckets, k_buckets, *, ...)``  02
 ``attend``                    ``fn(q, k, v, allowed) -> (out, lse)``             02
@@ -135,12 +135,12 @@ def _ints(values):
 
 def _sort_reversed_ties(buckets):
     length = buckets.shape[-1]
-    sticker = torch.argsort(buckets * length + (length - 1 - torch.arange(length)), dim=-1)
-    return sticker, torch.argsort(sticker, dim=-1)
+    sorted_pos = torch.argsort(buckets * length + (length - 1 - torch.arange(length)), dim=-1)
+    return sorted_pos, torch.argsort(sorted_pos, dim=-1)
 
 
 _exercise(
-    name="sort_by_bucket", lesson="02", reference=lsh.sort_by_bucket, names=("sticker", "undo"),
+    name="sort_by_bucket", lesson="02", reference=lsh.sort_by_bucket, names=("sorted_pos", "undo"),
     cases=[
         Case("distinct buckets", _ints([2, 0, 3, 1])),
         Case("equal buckets keep their positions' order (ties broken by position)", _ints([1, 0, 1, 0, 1, 0])),
@@ -150,14 +150,14 @@ _exercise(
         Case("many tokens, 8 buckets", lambda: ({"buckets": torch.randint(8, (2, 64), generator=_generator(12))}, {})),
     ],
     hint="Sort by the single key bucket * L + position (torch.argsort along the last dim): it orders by bucket and, "
-         "inside a bucket, by position. undo is the inverse permutation: torch.argsort(sticker) (or a scatter).",
+         "inside a bucket, by position. undo is the inverse permutation: torch.argsort(sorted_pos) (or a scatter).",
     mistakes=[
         ("ties within a bucket are reversed: inside a bucket the tokens stay in sequence order, so the key is "
          "bucket · L + position (not − position)", _sort_reversed_ties),
-        ("undo is not the inverse of sticker: undo[i] is the sorted slot of position i, so undo[sticker[s]] = s "
-         "(torch.argsort(sticker)); a permutation is usually not its own inverse",
+        ("undo is not the inverse of sorted_pos: undo[i] is the sorted slot of position i, so undo[sorted_pos[s]] = s "
+         "(torch.argsort(sorted_pos)); a permutation is usually not its own inverse",
          lambda buckets: (lsh.sort_by_bucket(buckets)[0],) * 2),
-        ("sticker and undo are swapped: sticker[s] is the original position of the s-th sorted token, undo[i] "
+        ("sorted_pos and undo are swapped: sorted_pos[s] is the original position of the s-th sorted token, undo[i] "
          "the sorted slot of position i", lambda buckets: lsh.sort_by_bucket(buckets)[::-1]),
         ("sorted in descending bucket order: bucket 0 comes first (and padding, bucket n_buckets, last)",
          lambda buckets: lsh.sort_by_bucket(buckets.max() - buckets)),

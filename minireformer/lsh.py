@@ -70,22 +70,22 @@ def pad_buckets(buckets, chunk_len, n_buckets):
 
 
 def sort_by_bucket(buckets):
-    """Stable sort of each round by (bucket, position). ``[..., L]`` -> ``(sticker, undo)``, both ``[..., L]``.
+    """Stable sort of each round by (bucket, position). ``[..., L]`` -> ``(sorted_pos, undo)``, both ``[..., L]``.
 
-    ``sticker[s]`` is the original position of the s-th sorted token; ``undo`` is its inverse permutation
+    ``sorted_pos[s]`` is the original position of the s-th sorted token; ``undo`` is its inverse permutation
     (``undo[i]`` = sorted slot of position i), so ``sorted.gather(-1, undo)`` restores the original order.
     """
     length = buckets.shape[-1]
     position = torch.arange(length, device=buckets.device)
-    sticker = torch.argsort(buckets * length + position, dim=-1)  # the keys are distinct: no ties
-    undo = torch.empty_like(sticker).scatter_(-1, sticker, position.expand_as(sticker))
-    return sticker, undo
+    sorted_pos = torch.argsort(buckets * length + position, dim=-1)  # the keys are distinct: no ties
+    undo = torch.empty_like(sorted_pos).scatter_(-1, sorted_pos, position.expand_as(sorted_pos))
+    return sorted_pos, undo
 
 
-def sort_vectors(x, sticker):
+def sort_vectors(x, sorted_pos):
     """Put ``x [..., L, d]`` (shared by all rounds) in each round's sorted order: ``[..., n_rounds, L, d]``."""
-    index = sticker[..., None].expand(*sticker.shape, x.shape[-1])
-    return x.unsqueeze(-3).expand(*sticker.shape[:-1], *x.shape[-2:]).gather(-2, index)
+    index = sorted_pos[..., None].expand(*sorted_pos.shape, x.shape[-1])
+    return x.unsqueeze(-3).expand(*sorted_pos.shape[:-1], *x.shape[-2:]).gather(-2, index)
 
 
 def unsort(x, undo):
@@ -146,21 +146,21 @@ def attend(q, k, v, allowed, *, counts=None):
     return probs @ v, lse, probs
 
 
-def duplicate_counts(q_met, k_met, *, n_chunks, look_back, same_bucket_only):
+def duplicate_counts(q_where, k_where, *, n_chunks, look_back, same_bucket_only):
     """``N_ij``, the number of rounds in which key j was permitted for query i (1 on the self diagonal,
     which the paper leaves to the self bias alone).
 
-    ``*_met`` = ``(chunk, bucket)`` of each token in every round, ``[..., c, n_rounds]`` / ``[..., w, n_rounds]``.
+    ``*_where`` = ``(chunk, bucket)`` of each token in every round, ``[..., c, n_rounds]`` / ``[..., w, n_rounds]``.
     j is permitted for i in round r when j's chunk is i's or one of the ``look_back`` before (wrapping),
     and (with ``same_bucket_only``) their buckets match; causality and padding do not depend on the round,
     and ``N_ij`` is only used where j is permitted in the current round.
     """
     look_back = min(look_back, n_chunks - 1)
-    (q_chunk, q_bucket), (k_chunk, k_bucket) = q_met, k_met
-    met = (q_chunk[..., :, None, :] - k_chunk[..., None, :, :]) % n_chunks <= look_back  # [..., c, w, n_rounds]
+    (q_chunk, q_bucket), (k_chunk, k_bucket) = q_where, k_where
+    together = (q_chunk[..., :, None, :] - k_chunk[..., None, :, :]) % n_chunks <= look_back  # [..., c, w, n_rounds]
     if same_bucket_only:
-        met &= q_bucket[..., :, None, :] == k_bucket[..., None, :, :]
-    counts = met.sum(-1).clamp_(min=1)  # [..., c, w]
+        together &= q_bucket[..., :, None, :] == k_bucket[..., None, :, :]
+    counts = together.sum(-1).clamp_(min=1)  # [..., c, w]
     counts[..., : q_chunk.shape[-2]].diagonal(dim1=-2, dim2=-1).fill_(1)
     return counts
 
@@ -299,9 +299,9 @@ class _Plan:
         self.n_chunks = padded // chunk_len
         self.mask_args = dict(length=length, causal=causal, same_bucket_only=same_bucket_only)
         self.look_back, self.same_bucket_only = look_back, same_bucket_only
-        sticker, undo = sort_by_bucket(buckets)  # [b, r, Lp]
+        sorted_pos, undo = sort_by_bucket(buckets)  # [b, r, Lp]
         offset = padded * torch.arange(b, device=buckets.device).view(b, 1, 1)
-        rows = sticker + offset  # rows of the [b * Lp, d] inputs, in sorted order
+        rows = sorted_pos + offset  # rows of the [b * Lp, d] inputs, in sorted order
         # round by round: each round's outputs [b * Lp, d] in sorted order, and where each (batch, position) is there
         self.sorted_rows, self.unsort_rows = rows.transpose(0, 1).flatten(1), (undo + offset).transpose(0, 1).flatten(1)
 
@@ -311,12 +311,12 @@ class _Plan:
         def windows(x):  # [b, r, Lp] -> [N, w]
             return look_back_chunks(split_chunks(x.transpose(0, 1), chunk_len), look_back).flatten(0, 2)
 
-        sorted_buckets = buckets.gather(-1, sticker)
+        sorted_buckets = buckets.gather(-1, sorted_pos)
         self.q_rows, self.k_rows = chunks(rows), windows(rows)
-        self.q_pos, self.k_pos = chunks(sticker), windows(sticker)
+        self.q_pos, self.k_pos = chunks(sorted_pos), windows(sorted_pos)
         self.q_buckets, self.k_buckets = chunks(sorted_buckets), windows(sorted_buckets)
         # for dedup: chunk and bucket of every input row in every round, [b * Lp, r] each
-        self.met = [(undo // chunk_len).mT.flatten(0, 1), buckets.mT.flatten(0, 1)] if dedup else None
+        self.where = [(undo // chunk_len).mT.flatten(0, 1), buckets.mT.flatten(0, 1)] if dedup else None
         budget = BLOCK_SCORES if buckets.device.type == "cpu" else BLOCK_SCORES_ACCELERATOR
         # blocks of chunks within one round; at least MIN_BLOCKS of them, so that even for short sequences a
         # block's temporaries stay a small part of what the whole [b, r, L, w] scores would take
@@ -334,8 +334,8 @@ class _Plan:
         allowed = chunk_mask(self.q_pos[block], self.k_pos[block], self.q_buckets[block], self.k_buckets[block],
                              **self.mask_args)  # [n, c, w]
         counts = None
-        if self.met is not None:
-            counts = duplicate_counts([_rows(t, q_rows) for t in self.met], [_rows(t, k_rows) for t in self.met],
+        if self.where is not None:
+            counts = duplicate_counts([_rows(t, q_rows) for t in self.where], [_rows(t, k_rows) for t in self.where],
                                       n_chunks=self.n_chunks, look_back=self.look_back,
                                       same_bucket_only=self.same_bucket_only)
         return _rows(q, q_rows), _rows(k, k_rows), _rows(v, k_rows), allowed, counts

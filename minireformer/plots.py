@@ -204,7 +204,7 @@ def plot_lsh_stage(walk, stage):
             _token_strip(ax, walk["buckets"][r], range(length), n_buckets)
             ax.set_title(f"round {r + 1}: tokens in their original order, coloured by bucket", fontsize=9)
         elif strip:
-            _token_strip(ax, walk["sorted_buckets"][r], walk["sticker"][r].tolist(), n_buckets,
+            _token_strip(ax, walk["sorted_buckets"][r], walk["sorted_pos"][r].tolist(), n_buckets,
                          chunk_len if stage == "chunk" else None)
             what = "sorted by (bucket, position)" if stage == "sort" else f"cut into chunks of {chunk_len}"
             ax.set_title(f"round {r + 1}: {what} (numbers: original positions)", fontsize=9)

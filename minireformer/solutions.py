@@ -25,12 +25,12 @@ def hash_vectors(x, rotations):
 
 # ---- lesson 02 --------------------------------------------------------------------------------------------
 def sort_by_bucket(buckets):
-    """Sort each round by (bucket, position): ``[..., L]`` -> ``(sticker, undo)``."""
+    """Sort each round by (bucket, position): ``[..., L]`` -> ``(sorted_pos, undo)``."""
     length = buckets.shape[-1]
     position = torch.arange(length, device=buckets.device)
-    sticker = torch.argsort(buckets * length + position, dim=-1)  # by bucket, then by position: all keys distinct
-    undo = torch.argsort(sticker, dim=-1)  # the inverse permutation: undo[sticker[s]] = s
-    return sticker, undo
+    sorted_pos = torch.argsort(buckets * length + position, dim=-1)  # by bucket, then by position: all keys distinct
+    undo = torch.argsort(sorted_pos, dim=-1)  # the inverse permutation: undo[sorted_pos[s]] = s
+    return sorted_pos, undo
 
 
 def look_back_chunks(x, look_back, dim=-2):
@@ -77,13 +77,13 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False):
     pad = -length % chunk_len  # any length: pad to a multiple of chunk_len
     buckets = F.pad(hash_vectors(qk, rotations), (0, pad), value=n_buckets)  # [..., r, Lp]; padding sorts last
     qk, v = F.pad(qk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))  # [..., Lp, d]
-    sticker, undo = sort_by_bucket(buckets)  # [..., r, Lp]
+    sorted_pos, undo = sort_by_bucket(buckets)  # [..., r, Lp]
 
-    q = split_chunks(sort_vectors(qk, sticker), chunk_len, dim=-2)  # queries, sorted, in chunks [..., r, n, c, d]
+    q = split_chunks(sort_vectors(qk, sorted_pos), chunk_len, dim=-2)  # queries, sorted, in chunks [..., r, n, c, d]
     k = look_back_chunks(F.normalize(q, dim=-1), 1, dim=-3)  # unit keys, own chunk and one back  [..., r, n, 2c, d]
-    v = look_back_chunks(split_chunks(sort_vectors(v, sticker), chunk_len, dim=-2), 1, dim=-3)
-    q_pos = split_chunks(sticker, chunk_len)  # original positions  [..., r, n, c]
-    q_buckets = split_chunks(buckets.gather(-1, sticker), chunk_len)
+    v = look_back_chunks(split_chunks(sort_vectors(v, sorted_pos), chunk_len, dim=-2), 1, dim=-3)
+    q_pos = split_chunks(sorted_pos, chunk_len)  # original positions  [..., r, n, c]
+    q_buckets = split_chunks(buckets.gather(-1, sorted_pos), chunk_len)
     allowed = chunk_mask(q_pos, look_back_chunks(q_pos, 1), q_buckets, look_back_chunks(q_buckets, 1),
                          length=length, causal=causal)  # [..., r, n, c, 2c]
     out, lse = attend(q, k, v, allowed)  # [..., r, n, c, d], [..., r, n, c]

@@ -58,20 +58,20 @@ def hash_rounds_last(x, rotations):
 
 def sort_ties_reversed(buckets):
     L = buckets.shape[-1]
-    sticker = torch.argsort(buckets * L - torch.arange(L), dim=-1)
-    return sticker, torch.argsort(sticker, dim=-1)
+    sorted_pos = torch.argsort(buckets * L - torch.arange(L), dim=-1)
+    return sorted_pos, torch.argsort(sorted_pos, dim=-1)
 
 
 def sort_undo_is_sticker(buckets):
     L = buckets.shape[-1]
-    sticker = torch.argsort(buckets * L + torch.arange(L), dim=-1)
-    return sticker, sticker
+    sorted_pos = torch.argsort(buckets * L + torch.arange(L), dim=-1)
+    return sorted_pos, sorted_pos
 
 
 def sort_returned_backwards(buckets):
     L = buckets.shape[-1]
-    sticker = torch.argsort(buckets * L + torch.arange(L), dim=-1)
-    return torch.argsort(sticker, dim=-1), sticker
+    sorted_pos = torch.argsort(buckets * L + torch.arange(L), dim=-1)
+    return torch.argsort(sorted_pos, dim=-1), sorted_pos
 
 
 def look_back_no_wrap(x, look_back, dim=-2):

@@ -148,15 +148,15 @@ def test_steps_compose_to_lsh_attention():
     length, chunk_len, look_back, n_buckets = 21, 4, 1, 4
     qk, v, rotations = make_inputs(length, n_rounds=3, n_buckets=n_buckets, seed=7)
     buckets = pad_buckets(hash_vectors(qk, rotations), chunk_len, n_buckets)  # [b, r, Lp]
-    sticker, undo = sort_by_bucket(buckets)
+    sorted_pos, undo = sort_by_bucket(buckets)
     padded = buckets.shape[-1]
 
     def sorted_chunks(x):  # [b, L, d] -> [b, r, n_chunks, c, d]
-        return split_chunks(sort_vectors(F.pad(x, (0, 0, 0, padded - length)), sticker), chunk_len, dim=-2)
+        return split_chunks(sort_vectors(F.pad(x, (0, 0, 0, padded - length)), sorted_pos), chunk_len, dim=-2)
 
     q, k, values = sorted_chunks(qk), sorted_chunks(F.normalize(qk, dim=-1)), sorted_chunks(v)
     k, values = look_back_chunks(k, look_back, dim=-3), look_back_chunks(values, look_back, dim=-3)  # [.., w, d]
-    positions, sorted_buckets = split_chunks(sticker, chunk_len), split_chunks(buckets.gather(-1, sticker), chunk_len)
+    positions, sorted_buckets = split_chunks(sorted_pos, chunk_len), split_chunks(buckets.gather(-1, sorted_pos), chunk_len)
     allowed = chunk_mask(positions, look_back_chunks(positions, look_back), sorted_buckets,
                          look_back_chunks(sorted_buckets, look_back), length=length)
     out, lse, _ = attend(q, k, values, allowed)  # [b, r, n_chunks, c, d], [b, r, n_chunks, c]
@@ -174,14 +174,14 @@ def test_steps_compose_to_lsh_attention():
 # ---- the steps ------------------------------------------------------------------------------------------------
 def test_sort_is_stable_by_bucket_then_position_and_unsort_inverts_it():
     buckets = torch.randint(0, 3, (2, 4, 50), generator=torch.Generator().manual_seed(0))
-    sticker, undo = sort_by_bucket(buckets)  # [b, r, L]
-    sorted_buckets = buckets.gather(-1, sticker)
-    key = sorted_buckets * 50 + sticker  # (bucket, position) read as one number
+    sorted_pos, undo = sort_by_bucket(buckets)  # [b, r, L]
+    sorted_buckets = buckets.gather(-1, sorted_pos)
+    key = sorted_buckets * 50 + sorted_pos  # (bucket, position) read as one number
     assert (key[..., 1:] > key[..., :-1]).all()
-    assert torch.equal(sticker.gather(-1, undo), torch.arange(50).expand(2, 4, 50))
+    assert torch.equal(sorted_pos.gather(-1, undo), torch.arange(50).expand(2, 4, 50))
     x = torch.randn(2, 50, 5)
-    sorted_x = sort_vectors(x, sticker)  # [b, r, L, d]
-    assert torch.equal(sorted_x[1, 2, 7], x[1, sticker[1, 2, 7]])
+    sorted_x = sort_vectors(x, sorted_pos)  # [b, r, L, d]
+    assert torch.equal(sorted_x[1, 2, 7], x[1, sorted_pos[1, 2, 7]])
     assert torch.equal(unsort(sorted_x, undo), x.unsqueeze(1).expand(2, 4, 50, 5))
 
 
@@ -189,8 +189,8 @@ def test_padding_sorts_after_every_real_token():
     buckets = torch.tensor([[[3, 0, 3, 1, 0]]])
     padded = pad_buckets(buckets, 4, n_buckets=4)
     assert padded.tolist() == [[[3, 0, 3, 1, 0, 4, 4, 4]]]
-    sticker, _ = sort_by_bucket(padded)
-    assert sticker.tolist() == [[[1, 4, 3, 0, 2, 5, 6, 7]]]
+    sorted_pos, _ = sort_by_bucket(padded)
+    assert sorted_pos.tolist() == [[[1, 4, 3, 0, 2, 5, 6, 7]]]
     assert pad_buckets(buckets, 5, n_buckets=4) is buckets
 
 
