@@ -53,6 +53,12 @@ def hash_vectors(x, rotations):
     around ``+R[:, i]``, bucket ``i + n_buckets/2`` the cone around ``-R[:, i]``. The zero vector, which
     has no direction, gets bucket 0.
     """
+    _check_hash_inputs(x, rotations)
+    rotated = torch.einsum("...ld,rdb->...rlb", x, rotations.to(x.dtype))  # [..., n_rounds, L, n_buckets/2]
+    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # [..., n_rounds, L]
+
+
+def _check_hash_inputs(x, rotations):
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if not torch.is_tensor(rotations) or rotations.dim() != 3:
@@ -69,8 +75,6 @@ def hash_vectors(x, rotations):
         )
     if x.device != rotations.device:
         raise ValueError(f"x is on {x.device} but rotations are on {rotations.device}")
-    rotated = torch.einsum("...ld,rdb->...rlb", x, rotations.to(x.dtype))  # [..., n_rounds, L, n_buckets/2]
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # [..., n_rounds, L]
 
 
 def planar_rotations(angle, n_buckets, *, dtype=None):
