@@ -15,8 +15,10 @@ The harness around them, which imports the mechanisms and never the other way ro
 - ``measure``: the one toolbox for timing, devices, threads, slopes, byte formatting and tables.
 - ``memory``: the bytes a pass saves for backward and the exact peak of a step.
 - ``complexity``: the paper's Table 3 as code, measured on the package's modules (lessons 00 and 05).
-- ``bench``: the benchmarks and the measurements of lessons 02-04; ``anchors``: HF transformers' and
-  reformer-pytorch's layers, built to be measured against.
+- ``lab``: the small experiments of lessons 02-04 (the LSH walkthrough, recall, a reversible stack's memory,
+  drift and step time against depth, the chunked feed-forward's peak).
+- ``bench``: the benchmark commands (Figure 5, reversible stacks, replayed buckets); ``anchors``: HF
+  transformers' and reformer-pytorch's layers, built to be measured against.
 - ``data``, ``train``, ``experiments`` (Table 2, lesson 06), ``longseq`` (lesson 07), ``plan`` (the memory
   plan of every run), ``fullscale`` (the GPU owner's command), ``scale`` (quick or full).
 - ``exercises`` / ``checking`` / ``solutions``: the lessons' "build it" exercises, the checker that names a

@@ -29,7 +29,7 @@ def figures():
     here, when figures are drawn, so that the other commands do not load matplotlib."""
     import torch
 
-    from . import bench, hashing, plots
+    from . import hashing, lab, plots
     from .data import duplication_batch
 
     angles = hashing.angle_grid()  # 0°, 5°, ..., 180°
@@ -45,13 +45,13 @@ def figures():
             angles, hashing.collision_curves(angles),
             exact={"2 buckets, exact: 1 - θ/π": hashing.two_bucket_collision_probability(angles)}),
         "collision_rounds.png": collision_rounds,
-        "lsh_sort.png": lambda: plots.plot_lsh_stage(bench.lsh_walkthrough(), "sort"),  # lesson 02
-        "lsh_attention.png": lambda: plots.plot_lsh_stage(bench.lsh_walkthrough(), "combine"),
-        "lsh_recall.png": lambda: plots.plot_recall(recall_rounds, bench.recall_experiment(recall_rounds)),
-        "reversible_memory.png": lambda: plots.plot_memory_vs_depth(depths, bench.depth_memory_experiment(depths)),
-        "reversible_drift.png": lambda: plots.plot_reconstruction_drift(drift_depths, **bench.drift_experiment(drift_depths)),
+        "lsh_sort.png": lambda: plots.plot_lsh_stage(lab.lsh_walkthrough(), "sort"),  # lesson 02
+        "lsh_attention.png": lambda: plots.plot_lsh_stage(lab.lsh_walkthrough(), "combine"),
+        "lsh_recall.png": lambda: plots.plot_recall(recall_rounds, lab.recall_experiment(recall_rounds)),
+        "reversible_memory.png": lambda: plots.plot_memory_vs_depth(depths, lab.depth_memory_experiment(depths)),
+        "reversible_drift.png": lambda: plots.plot_reconstruction_drift(drift_depths, **lab.drift_experiment(drift_depths)),
         "chunked_ff_memory.png": lambda: plots.plot_chunk_memory(
-            n_chunks, bench.chunk_memory_experiment(n_chunks), d_ff=1024),  # lesson 04
+            n_chunks, lab.chunk_memory_experiment(n_chunks), d_ff=1024),  # lesson 04
         # lessons 00 and 05: memory measured on the CPU is exact, so these are deterministic (no timings in figures)
         "transformer_memory.png": lambda: plots.plot_transformer_memory(complexity.transformer_memory_experiment()),
         "transformer_saved_tensors.png": lambda: plots.plot_saved_tensors(complexity.saved_tensor_experiment()),

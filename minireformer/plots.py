@@ -179,7 +179,7 @@ def _matrix(ax, matrix, chunk_len=None, cmap="Blues", vmax=None):
 
 
 def plot_lsh_stage(walk, stage):
-    """Figure: one stage of :func:`minireformer.bench.lsh_walkthrough` (a name in ``LSH_STAGES``), one row of panels per round."""
+    """Figure: one stage of :func:`minireformer.lab.lsh_walkthrough` (a name in ``LSH_STAGES``), one row of panels per round."""
     if stage not in LSH_STAGES:
         raise ValueError(f"stage must be one of {LSH_STAGES}, got {stage!r}")
     n_rounds, length = walk["buckets"].shape
@@ -240,7 +240,7 @@ def plot_recall(rounds, recall):
 def plot_memory_vs_depth(depths, measured):
     """Figure: measured bytes against the number of blocks, ordinary vs reversible (one panel per measure).
 
-    measured: ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`minireformer.bench.depth_memory_experiment`.
+    measured: ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`minireformer.lab.depth_memory_experiment`.
     """
     titles = {"saved": "activations saved for backward", "peak": "peak memory of a training step"}
     fig = Figure(figsize=(9.6, 3.9), layout="constrained")

@@ -14,7 +14,7 @@ import ipywidgets as widgets
 from IPython.display import Image, display
 from matplotlib.figure import Figure
 
-from .bench import lsh_walkthrough
+from .lab import lsh_walkthrough
 from .hashing import hash_points
 from .plots import LSH_STAGE_TEXT, LSH_STAGES, draw_hash_circle, draw_hash_sphere, plot_lsh_stage
 

@@ -13,9 +13,9 @@ import minireformer
 PACKAGE = Path(minireformer.__file__).parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 MECHANISMS = ("hashing", "lsh", "attention", "reversible", "chunking", "model")
-HARNESS = ("plots", "widgets", "train", "experiments", "longseq", "bench", "complexity", "plan", "fullscale",
-           "anchors", "measure", "memory", "data")
-MEASURING = ("bench", "complexity", "experiments", "longseq", "train", "memory", "data", "plan", "fullscale",
+HARNESS = ("plots", "widgets", "train", "experiments", "longseq", "bench", "lab", "complexity", "plan",
+           "fullscale", "anchors", "measure", "memory", "data")
+MEASURING = ("bench", "lab", "complexity", "experiments", "longseq", "train", "memory", "data", "plan", "fullscale",
              "anchors", "widgets")
 
 

@@ -62,7 +62,7 @@ def test_bad_view_is_named():
 
 def test_lsh_walkthrough_is_exactly_what_lsh_attention_computes():
     from minireformer.lsh import lsh_attention
-    from minireformer.bench import lsh_walkthrough
+    from minireformer.lab import lsh_walkthrough
 
     for causal in (False, True):
         walk = lsh_walkthrough(n_rounds=3, causal=causal, seed=4)

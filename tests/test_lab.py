@@ -1,0 +1,63 @@
+"""The experiments of lessons 02-04 (minireformer.lab): what each claims holds."""
+
+import pytest
+import torch
+
+from minireformer import lab, plots
+from minireformer.hashing import clustered_vectors, random_rotations
+from minireformer.lab import top_k_recall
+from minireformer.lsh import lsh_attention
+
+
+def test_depth_memory_experiment_reversible_flat_ordinary_linear():
+    depths = [1, 3]
+    memory = lab.depth_memory_experiment(depths, length=64, d_model=16, d_ff=32)
+    assert memory["saved"]["reversible"] == [2 * 64 * 16 * 4] * 2  # y1 and y2 only
+    ordinary = memory["saved"]["ordinary"]
+    assert ordinary[0] > 5 * memory["saved"]["reversible"][0]
+    assert abs(ordinary[1] - 3 * ordinary[0]) <= 0.05 * 3 * ordinary[0]
+    assert memory["peak"]["ordinary"][1] > 2 * memory["peak"]["ordinary"][0]
+    assert memory["peak"]["reversible"][1] < memory["peak"]["ordinary"][1]
+
+
+def test_drift_experiment_stays_below_its_rounding_bound():
+    depths = [1, 4]
+    drift = lab.drift_experiment(depths, length=16, d_model=16, d_ff=32)
+    for name in ("float32", "float64"):
+        assert all(0 <= e < b for e, b in zip(drift["error"][name], drift["bound"][name]))
+    assert max(drift["error"]["float64"]) < 1e-12 < min(drift["error"]["float32"])
+
+
+def test_chunk_memory_experiment_checkpointed_shrinks_plain_loop_does_not():
+    n_chunks = [1, 4]
+    peaks = lab.chunk_memory_experiment(n_chunks, length=256, d_model=16, d_ff=512)
+    checkpointed, loop = peaks["chunked, each chunk checkpointed"], peaks["plain loop over the chunks"]
+    assert checkpointed[0] == loop[0]  # one chunk: the same computation
+    assert checkpointed[1] < 0.35 * checkpointed[0]
+    assert loop[1] > 0.6 * loop[0]
+
+
+def test_step_times_and_stack_options():
+    times = lab.step_times([1], length=32, d_model=16, d_ff=32, repeats=1)
+    assert set(times) == {"ordinary", "reversible"} and all(t[0] > 0 for t in times.values())
+    assert plots.plot_step_time_vs_depth([1], times, "test machine").axes
+    with pytest.raises(ValueError, match="attention"):
+        lab.reversible_stack(1, attention="dense")
+
+
+def test_top_k_recall_counts_found_top_keys():
+    g = torch.Generator().manual_seed(11)
+    qk = clustered_vectors(48, 8, 4, generator=g)
+    rotations = random_rotations(8, 4, 2, generator=g, dtype=torch.float64)
+    for causal in (False, True):
+        _, attn = lsh_attention(qk, qk, rotations, chunk_len=8, causal=causal, return_attention=True)
+        found = total = 0
+        scores = qk @ torch.nn.functional.normalize(qk, dim=-1).T
+        for i in range(48):  # the slow way: rank query i's keys one by one
+            keys = [j for j in range(48) if j != i and (j < i or not causal)]
+            best = sorted(keys, key=lambda j: -scores[i, j].item())[:3]
+            found += sum(attn[i, j].item() > 0 for j in best)
+            total += len(best)
+        assert abs(top_k_recall(qk, rotations, k=3, chunk_len=8, causal=causal).item() - found / total) < 1e-12
+    many = random_rotations(8, 4, 8, generator=g, dtype=torch.float64)
+    assert top_k_recall(qk, many, k=3, chunk_len=8) > top_k_recall(qk, rotations[:1], k=3, chunk_len=8)
