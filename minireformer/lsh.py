@@ -15,11 +15,11 @@ Each of ``n_rounds`` hash rounds r gives an output and its log-partition functio
 
 where ``z(i, P_i) = logsumexp_r z(i, P_i^(r))`` and ``N_ij`` is the number of rounds in which j was a
 *permitted* key of i: in i's window and passing the mask below. A query may attend key j when j is in its
-window (own chunk + ``look_back`` chunks before it, wrapping: chunk 0 looks back at the last chunk, as trax
-and HF do), shares its bucket in that round (``same_bucket_only``; trax/HF allow any bucket in the window),
-is not padding, and under ``causal=True`` is not later in the original sequence. The query itself is
-always permitted but scores ``-1e5`` lower, so it is attended only when nothing else is (shared-QK would
-otherwise make every query attend itself most).
+window (own chunk + ``look_back`` chunks before it; chunk 0 wraps around to its round's last chunk, while
+trax and HF sort all rounds along one axis, so that their chunk 0 of round r looks back into round r - 1:
+``concat_rounds=True``), shares its bucket in that round (``same_bucket_only``; trax/HF allow any bucket in
+the window), is not padding, and under ``causal=True`` is not later in the original sequence. The query
+itself is always permitted but scores ``-1e5`` lower, so it is attended only when nothing else is.
 
 Choices the paper leaves open:
 
@@ -30,17 +30,16 @@ Choices the paper leaves open:
   so the -1e5 self bias and the mask never overflow; the output is cast back to the input dtype.
 
 The steps below are small functions a lesson can call one at a time (pad, sort, chunk, look back, mask,
-attend, unsort, combine); :func:`lsh_attention` runs them round by round on blocks of chunks at once
-(chunks are a tensor dim, gathered by index; a block holds about ``BLOCK_SCORES`` scores), and a custom
-backward recomputes each block's probabilities instead of storing them: backward keeps O(b * L * d), the
-forward peak is O(b * n_rounds * L * d) (each round's output) beside one block. Where a backward follows its
-forward at once, one layer at a time (the reversible backward), :func:`keep_probabilities` trades one
-layer's ``[b, r, L, w]`` probabilities for that recomputation. :func:`lsh_attention_reference` is the slow
-twin: explicit ``[L, L]`` masks and a dense softmax.
+attend, unsort, combine); :func:`lsh_attention` runs them round by round on blocks of chunks at once (a
+block holds about ``BLOCK_SCORES`` scores), and a custom backward recomputes each block's probabilities
+instead of storing them: backward keeps O(b * L * d), the forward peak is O(b * n_rounds * L * d) beside
+one block (:func:`keep_probabilities` trades one layer's probabilities for that recomputation where a
+backward follows at once). :func:`lsh_attention_reference` is the slow twin: dense ``[L, L]`` masks.
 
-Shapes: ``qk, v [..., L, d]``; ``rotations [n_rounds, d, n_buckets // 2]``; buckets ``[b, n_rounds, L]``;
-chunked tensors ``[b, n_rounds, n_chunks, chunk_len, ...]``; a window holds ``w = (1 + look_back) * chunk_len``
-keys. Keys are unit vectors ``k = qk / |qk|``, queries are not, and scores are scaled by ``1 / sqrt(d)``.
+Shapes: ``qk, v [..., L, d]``; ``rotations [n_rounds, d, n_buckets // 2]`` (or one per head, HF's choice:
+``[n_heads, n_rounds, d, n_buckets // 2]``); buckets ``[b, n_rounds, L]``; a window holds
+``w = (1 + look_back) * chunk_len`` keys. Keys are unit vectors ``k = qk / |qk|``, queries are not, and scores
+are scaled by ``1 / sqrt(d)`` (trax and HF do not scale: ``scale=1.0``).
 """
 
 import math
@@ -121,24 +120,29 @@ def chunk_mask(q_pos, k_pos, q_buckets, k_buckets, *, length, causal=False, same
     return allowed.expand(*q_pos.shape, k_pos.shape[-1])
 
 
-def chunk_scores(q, k, allowed, *, counts=None):
+def chunk_scores(q, k, allowed, *, counts=None, scale=None, is_self=None):
     """Scores ``q k^T / sqrt(d) - m_ij`` of queries ``[..., c, d]`` against their window ``[..., w, d]``.
 
     The window starts with the query's own chunk (as :func:`look_back_chunks` builds it), so the query
-    itself sits on the diagonal of the first c columns: that diagonal gets the self bias. Forbidden keys
-    get the most negative float, not ``-inf``, so an all-padding row stays finite (its output is dropped).
-    ``counts`` (``N_ij``, for ``dedup``) subtracts ``log N_ij``.
+    itself sits on the diagonal of the first c columns: that diagonal gets the self bias (``is_self``, a bool
+    ``[..., c, w]``, says where else it sits, when windows cross rounds). Forbidden keys get the most
+    negative float, not ``-inf``, so an all-padding row stays finite (its output is dropped). ``counts``
+    (``N_ij``, for ``dedup``) subtracts ``log N_ij``; ``scale`` replaces ``1 / sqrt(d)``.
     """
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [..., c, w]
+    scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-1, -2)  # [..., c, w]
     if counts is not None:
         scores = scores - counts.to(scores.dtype).log()
-    scores[..., : q.shape[-2]].diagonal(dim1=-2, dim2=-1).sub_(SELF_BIAS)
+    if is_self is None:
+        scores[..., : q.shape[-2]].diagonal(dim1=-2, dim2=-1).sub_(SELF_BIAS)
+    else:
+        scores = scores - SELF_BIAS * is_self
     return torch.where(allowed, scores, torch.finfo(scores.dtype).min)
 
 
-def attend(q, k, v, allowed, *, counts=None):
-    """Attention inside chunks: ``(out [..., c, d], lse [..., c], probs [..., c, w])``."""
-    scores = chunk_scores(q, k, allowed, counts=counts)
+def attend(q, k, v, allowed, **options):
+    """Attention inside chunks: ``(out [..., c, d], lse [..., c], probs [..., c, w])``; ``options`` as
+    :func:`chunk_scores`'."""
+    scores = chunk_scores(q, k, allowed, **options)
     probs = scores.softmax(dim=-1)
     # softmax's largest entry is exp(max - max) / sum exp(s - max), so logsumexp = max s - log(max prob): two
     # fast reductions instead of another pass of exp (max *values*: a max with indices is several times slower)
@@ -182,16 +186,14 @@ def combine_rounds(o, lse):
 # ---- recomputing exactly: recorded buckets, kept probabilities ---------------------------------------------------
 #
 # The one channel into this module from outside its arguments. The reversible backward (minireformer.reversible)
-# recomputes each block's F and G, which call LSH attention somewhere inside (a LayerNorm, a projection, the
-# heads): it cannot pass buckets down through modules it does not know. So it opens the blocks below around
-# its calls, and every LSH attention call inside them, on this thread, reads their setting here:
+# recomputes each block's F and G, which call LSH attention somewhere inside modules it does not know, so it
+# opens the blocks below around its calls, and every LSH attention call inside them (this thread) reads them:
 #
 #   forward pass:   with recording_buckets() as tape:  y1 = x1 + f(x2)       -> the tape holds each call's buckets
 #   backward pass:  with replaying_buckets(tape), keep_probabilities(): f(x2) -> the calls hash as recorded
 #
-# Nothing else sets it; outside these blocks lsh_attention hashes and recomputes as its arguments say.
-# tests/test_lsh.py checks this end (what a call records, replays and keeps), tests/test_reversible.py the
-# other (the reversible backward replays every recorded call and hashes nothing itself).
+# Nothing else sets it. tests/test_lsh.py checks this end (what a call records, replays and keeps),
+# tests/test_reversible.py the other (the reversible backward replays every recorded call, hashes nothing).
 class _Channel(threading.local):
     tape = None  # a list of recorded buckets, or None
     replay = False  # take the buckets from the tape instead of hashing (and appending)
@@ -254,14 +256,14 @@ def keep_probabilities():
 def _buckets(qk, rotations):
     """The buckets of ``qk [b, L, d]``, ``[b, n_rounds, L]``: played back from a tape (:func:`replaying_buckets`),
     or hashed (:func:`_hash_block`, a slice of positions at a time) and, while recording, appended to the tape."""
-    shape, n_buckets = (qk.shape[0], rotations.shape[0], qk.shape[1]), 2 * rotations.shape[-1]
+    shape, n_buckets = (qk.shape[0], rotations.shape[-3], qk.shape[1]), 2 * rotations.shape[-1]
     if _CHANNEL.tape is not None and _CHANNEL.replay:
         return _play(_CHANNEL.tape, shape, n_buckets)
     # With the paper's n_buckets = 2L / chunk_len all the rotated vectors [b, r, L, n_buckets / 2] would take
     # O(L^2) memory. The slices are written into one tensor made up front (many small results kept alive
     # between big temporaries would fragment the heap).
     buckets = qk.new_empty(shape, dtype=torch.long)
-    rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[0] * rotations.shape[2]))
+    rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[-3] * rotations.shape[-1]))
     for start in range(0, qk.shape[1], rows):
         buckets[..., start : start + rows] = _hash_block(qk[:, start : start + rows], rotations)
     if _CHANNEL.tape is not None:  # recording: in the smallest integer type that holds the ids
@@ -293,10 +295,11 @@ class _Plan:
     chunks, round by round), which input rows are its queries and its window of keys, with their positions
     and buckets; and how to put each round's outputs back in the original order."""
 
-    def __init__(self, buckets, *, length, chunk_len, look_back, causal, same_bucket_only, dedup):
+    def __init__(self, buckets, *, length, chunk_len, look_back, causal, same_bucket_only, dedup, scale,
+                 concat_rounds):
         b, n_rounds, padded = buckets.shape  # [b, r, Lp]
         self.batch, self.n_rounds, self.padded, self.length = b, n_rounds, padded, length
-        self.n_chunks = padded // chunk_len
+        self.n_chunks, self.scale, self.concat_rounds = padded // chunk_len, scale, concat_rounds
         self.mask_args = dict(length=length, causal=causal, same_bucket_only=same_bucket_only)
         self.look_back, self.same_bucket_only = look_back, same_bucket_only
         sorted_pos, undo = sort_by_bucket(buckets)  # [b, r, Lp]
@@ -309,9 +312,14 @@ class _Plan:
             return split_chunks(x.transpose(0, 1), chunk_len).flatten(0, 2)
 
         def windows(x):  # [b, r, Lp] -> [N, w]
+            if concat_rounds:  # one axis of r * n_chunks chunks: a round's chunk 0 looks back into the round before
+                w = look_back_chunks(split_chunks(x, chunk_len).flatten(1, 2), look_back)  # [b, r * n_chunks, w]
+                return w.unflatten(1, (n_rounds, -1)).transpose(0, 1).flatten(0, 2)
             return look_back_chunks(split_chunks(x.transpose(0, 1), chunk_len), look_back).flatten(0, 2)
 
         sorted_buckets = buckets.gather(-1, sorted_pos)
+        if concat_rounds:  # a key from another round never shares the query's bucket
+            sorted_buckets = sorted_buckets + (buckets.max() + 1) * torch.arange(n_rounds, device=buckets.device)[:, None]
         self.q_rows, self.k_rows = chunks(rows), windows(rows)
         self.q_pos, self.k_pos = chunks(sorted_pos), windows(sorted_pos)
         self.q_buckets, self.k_buckets = chunks(sorted_buckets), windows(sorted_buckets)
@@ -329,24 +337,27 @@ class _Plan:
                 self.blocks.append((r, slice(r * per_round + start, r * per_round + stop), slice(start, stop)))
 
     def gather(self, q, k, v, block):
-        """One block of sorted query chunks ``[n, c, d]``, their key/value windows ``[n, w, d]``, the mask, N_ij."""
+        """One block of sorted query chunks ``[n, c, d]``, their key/value windows ``[n, w, d]``, the mask, and
+        the options of :func:`chunk_scores` (N_ij, the scale, where the query itself is)."""
         q_rows, k_rows = self.q_rows[block], self.k_rows[block]
-        allowed = chunk_mask(self.q_pos[block], self.k_pos[block], self.q_buckets[block], self.k_buckets[block],
-                             **self.mask_args)  # [n, c, w]
-        counts = None
+        q_pos, k_pos = self.q_pos[block], self.k_pos[block]
+        allowed = chunk_mask(q_pos, k_pos, self.q_buckets[block], self.k_buckets[block], **self.mask_args)  # [n, c, w]
+        options = dict(scale=self.scale)
         if self.where is not None:
-            counts = duplicate_counts([_rows(t, q_rows) for t in self.where], [_rows(t, k_rows) for t in self.where],
-                                      n_chunks=self.n_chunks, look_back=self.look_back,
-                                      same_bucket_only=self.same_bucket_only)
-        return _rows(q, q_rows), _rows(k, k_rows), _rows(v, k_rows), allowed, counts
+            options["counts"] = duplicate_counts([_rows(t, q_rows) for t in self.where],
+                                                 [_rows(t, k_rows) for t in self.where], n_chunks=self.n_chunks,
+                                                 look_back=self.look_back, same_bucket_only=self.same_bucket_only)
+        if self.concat_rounds:  # the query's own position may come again in the round before's chunk
+            options["is_self"] = q_pos[..., :, None] == k_pos[..., None, :]
+        return _rows(q, q_rows), _rows(k, k_rows), _rows(v, k_rows), allowed, options
 
     def dense(self, q, k, v, weights):
         """The ``[b, L, L]`` attention weights, each round's probabilities times its combination weight
         (``weights [N, c]``, in sorted order), scattered back to original positions. Only for small L."""
         attn = q.new_zeros(q.shape[0] * self.padded)  # [b * Lp * Lp]
         for _, block, _ in self.blocks:
-            q_block, k_block, _, allowed, counts = self.gather(q, k, v, block)
-            probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
+            q_block, k_block, _, allowed, options = self.gather(q, k, v, block)
+            probs = chunk_scores(q_block, k_block, allowed, **options).softmax(dim=-1)  # [n, c, w]
             probs = probs * weights[block].unsqueeze(-1)
             cells = self.q_rows[block].unsqueeze(-1) * self.padded + self.k_pos[block].unsqueeze(-2)  # [n, c, w]
             attn.index_add_(0, cells.flatten(), probs.flatten())
@@ -370,8 +381,8 @@ class _ChunkedAttention(torch.autograd.Function):
         lse = q.new_empty(plan.q_rows.shape)  # [N, c]
         ctx.probs = [] if keep else None
         for r, block, local in plan.blocks:
-            q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
-            out, block_lse, probs = attend(q_block, k_block, v_block, allowed, counts=counts)  # [n, c, d], [n, c]
+            q_block, k_block, v_block, allowed, options = plan.gather(q, k, v, block)
+            out, block_lse, probs = attend(q_block, k_block, v_block, allowed, **options)  # [n, c, d], [n, c]
             if keep:
                 ctx.probs.append(probs)
             o[r][local], lse[block] = out, block_lse
@@ -387,7 +398,8 @@ class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _):
         q, k, v, norm, out, weights = ctx.saved_tensors
-        plan, scale = ctx.plan, q.shape[-1] ** -0.5
+        plan = ctx.plan
+        scale = q.shape[-1] ** -0.5 if plan.scale is None else plan.scale
         grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         with torch.autocast(q.device.type, enabled=False):
             # Round r's output gets w_r * dOut. Its scores get dS = P * (dP - delta + dlse) with dP = dO V^T,
@@ -400,8 +412,8 @@ class _ChunkedAttention(torch.autograd.Function):
                     q_block, k_block, v_block = _rows(q, plan.q_rows[block]), _rows(k, keys), _rows(v, keys)
                     probs, ctx.probs[i] = ctx.probs[i], None  # [n, c, w], freed once used
                 else:
-                    q_block, k_block, v_block, allowed, counts = plan.gather(q, k, v, block)
-                    probs = chunk_scores(q_block, k_block, allowed, counts=counts).softmax(dim=-1)  # [n, c, w]
+                    q_block, k_block, v_block, allowed, options = plan.gather(q, k, v, block)
+                    probs = chunk_scores(q_block, k_block, allowed, **options).softmax(dim=-1)  # [n, c, w]
                 w = weights[block].unsqueeze(-1)  # [n, c, 1]
                 q_rows, k_rows = plan.q_rows[block], plan.k_rows[block].flatten()
                 grad_o = _rows(grad_out, q_rows) * w  # [n, c, d]
@@ -429,10 +441,20 @@ def _check(qk, v, rotations, chunk_len, look_back):
         raise TypeError(f"qk and v must share dtype and device, "
                         f"got {qk.dtype} on {qk.device} and {v.dtype} on {v.device}")
     check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
-    if not torch.is_tensor(rotations) or rotations.dim() != 3 or rotations.shape[1] != qk.shape[-1]:
+    if not torch.is_tensor(rotations) or rotations.dim() < 3 or rotations.shape[-2] != qk.shape[-1] or \
+            torch.broadcast_shapes(rotations.shape[:-3], qk.shape[:-2]) != qk.shape[:-2]:
         got = tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__
-        raise ValueError(f"rotations must have shape [n_rounds, d, n_buckets // 2] with d = {qk.shape[-1]} "
-                         f"(the last dimension of qk), got {got}")
+        raise ValueError(f"rotations must have shape [..., n_rounds, d, n_buckets // 2] with d = {qk.shape[-1]} (the "
+                         f"last dimension of qk) and leading dims that broadcast to qk's {tuple(qk.shape[:-2])}, "
+                         f"got {got}")
+
+
+def _per_row(rotations, leading):
+    """Rotations shared by every row (``[r, d, h]``) as they are; one per row of the leading dims (per head:
+    ``[..., r, d, h]``) broadcast to them and flattened as :func:`_batched` flattens qk, ``[b, r, d, h]``."""
+    if rotations.dim() == 3:
+        return rotations
+    return rotations.expand(*leading, *rotations.shape[-3:]).reshape(-1, *rotations.shape[-3:])
 
 
 def _batched(x):
@@ -460,11 +482,14 @@ def _hash_block(x, rotations):
     Ties go to the ``+xR`` half and to the first index, as argmax's do, so the buckets are exactly
     ``hash_vectors``' (tests/test_bench.py checks it, ties within and across groups included).
     """
-    (b, l, d), (n_rounds, _, half) = x.shape, rotations.shape
+    (b, l, d), (n_rounds, _, half) = x.shape, rotations.shape[-3:]
     if x.dtype != rotations.dtype or x.device != rotations.device:
         return hash_vectors(x, rotations)  # let hash_vectors explain the mismatch / cast
     with torch.no_grad():  # integers come out: nothing to record
-        rotated = x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half)
+        if rotations.dim() == 4:  # one rotation per row: [b, l, d] @ [b, d, r * half]
+            rotated = (x @ rotations.transpose(1, 2).reshape(b, d, n_rounds * half)).reshape(b * l, -1)
+        else:
+            rotated = x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half)
         n = b * l * n_rounds
         # groups pay off from a few of them on (measured: at half = 64 one group was as fast); else one group
         width = HASH_GROUP if half % HASH_GROUP == 0 and half >= 4 * HASH_GROUP else half
@@ -490,25 +515,32 @@ def _first(hits):
 
 
 def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
-                  dedup=False, return_attention=False):
+                  dedup=False, return_attention=False, scale=None, concat_rounds=False):
     """Multi-round LSH attention, the fast way: memory O(b * n_rounds * L * chunk_len), no L x L tensor.
 
     qk, v: ``[..., L, d]`` (shared query/key vectors and values); rotations: ``[n_rounds, d, n_buckets // 2]``
-    from :func:`minireformer.hashing.random_rotations`, shared by all leading dims. ``chunk_len``: queries
-    per chunk; ``look_back``: earlier chunks each chunk also sees; ``same_bucket_only=False`` lets a query
-    attend any key in its window (trax/HF); ``dedup``: subtract ``log N_ij`` (module docstring).
+    from :func:`minireformer.hashing.random_rotations`, shared by all leading dims, or with leading dims of
+    their own that broadcast against qk's (``[n_heads, n_rounds, d, n_buckets // 2]``: one per head, as HF).
+    ``chunk_len``: queries per chunk; ``look_back``: earlier chunks each chunk also sees;
+    ``same_bucket_only=False`` lets a query attend any key in its window (trax/HF); ``dedup``: subtract
+    ``log N_ij`` (module docstring). ``scale``: the scores' factor (``None``: ``1 / sqrt(d)``; trax and HF
+    use ``1.0``). ``concat_rounds``: sort the rounds along one axis, as trax and HF do, so that a round's
+    first chunk looks back into the last chunk of the round before (and round 0 into the last round), a
+    copy of the query itself there counting as itself; by default each round wraps around on its own.
     Returns ``[..., L, d]``, and with ``return_attention=True`` also the (detached) dense weights
     ``[..., L, L]``, summed over rounds with their combination weights (for pictures and tests at small L).
     """
     _check(qk, v, rotations, chunk_len, look_back)
-    given, qk, v = qk, _batched(qk), _batched(v)  # [b, L, d]
+    if dedup and concat_rounds:
+        raise ValueError("dedup counts each round's window on its own: it cannot be combined with concat_rounds")
+    given, qk, v, rotations = qk, _batched(qk), _batched(v), _per_row(rotations, qk.shape[:-2])  # [b, L, d]
     b, length, d = qk.shape
     buckets = _buckets(qk, rotations)  # [b, r, L]
     with torch.autocast(qk.device.type, enabled=False):
         buckets = pad_buckets(buckets, chunk_len, 2 * rotations.shape[-1])  # [b, r, Lp]
         padded = buckets.shape[-1]
         plan = _Plan(buckets, length=length, chunk_len=chunk_len, look_back=look_back, causal=causal,
-                     same_bucket_only=same_bucket_only, dedup=dedup)
+                     same_bucket_only=same_bucket_only, dedup=dedup, scale=scale, concat_rounds=concat_rounds)
 
         def pad(x):  # [b, L, d] -> [b * Lp, d]
             return (F.pad(x, (0, 0, 0, padded - length)) if padded > length else x).flatten(0, 1)
@@ -525,55 +557,44 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
 
 
 def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
-                            dedup=False, return_attention=False):
-    """The same attention the slow, obvious way: per round an explicit ``[L, L]`` mask of permitted pairs
-    from the same bucket ids and windows, a dense masked softmax, rounds combined by their logsumexp."""
+                            dedup=False, return_attention=False, scale=None, concat_rounds=False):
+    """The same attention the slow, obvious way: per round an explicit ``[L, L]`` count of the copies of each
+    key in each query's window, from the same bucket ids and windows (0 or 1, but 2 when ``concat_rounds``
+    brings a key in again from the round before), a dense masked softmax, rounds combined by their logsumexp."""
     _check(qk, v, rotations, chunk_len, look_back)
-    given, qk, v = qk, _batched(qk), _batched(v)  # [b, L, d]
+    given, qk, v, rotations = qk, _batched(qk), _batched(v), _per_row(rotations, qk.shape[:-2])  # [b, L, d]
     b, length, d = qk.shape
     buckets = _buckets(qk, rotations)  # [b, r, L]
-    n_chunks = -(-length // chunk_len)
-    look_back = min(look_back, n_chunks - 1)
+    n_rounds, n_chunks = buckets.shape[1], -(-length // chunk_len)
+    axis = n_rounds * n_chunks if concat_rounds else n_chunks  # the chunks a window wraps around
+    look_back = min(look_back, axis - 1)
     position = torch.arange(length, device=qk.device)
-    permitted = []
-    for r in range(buckets.shape[1]):
-        order = torch.sort(buckets[:, r], dim=-1, stable=True).indices  # by bucket, ties by position  [b, L]
-        chunk = torch.argsort(order, dim=-1) // chunk_len  # chunk of each original position  [b, L]
-        ok = (chunk[:, :, None] - chunk[:, None, :]) % n_chunks <= look_back  # j in i's window  [b, L, L]
-        if same_bucket_only:
-            ok = ok & (buckets[:, r, :, None] == buckets[:, r, None, :])
+    # the chunk of each original position in each round, counted along that axis  [b, r, L]
+    order = torch.sort(buckets, dim=-1, stable=True).indices  # by bucket, ties by position
+    chunk = torch.argsort(order, dim=-1) // chunk_len
+    if concat_rounds:
+        chunk = chunk + n_chunks * torch.arange(n_rounds, device=qk.device)[:, None]
+    copies = []  # copies[b, r, i, j]: how many copies of key j round r's window of query i holds
+    for r in range(n_rounds):
+        count = torch.zeros(b, length, length, dtype=torch.long, device=qk.device)
+        for source in range(n_rounds) if concat_rounds else [r]:
+            ok = (chunk[:, r, :, None] - chunk[:, source, None, :]) % axis <= look_back  # [b, L, L]
+            if same_bucket_only:  # a copy from another round never shares the query's bucket
+                ok = ok & (buckets[:, r, :, None] == buckets[:, source, None, :]) & (source == r)
+            count += ok
         if causal:
-            ok = ok & (position[None, :] <= position[:, None])
-        permitted.append(ok)
-    permitted = torch.stack(permitted, dim=1)  # [b, r, L, L]
+            count = count * (position[None, :] <= position[:, None])
+        copies.append(count)
+    copies = torch.stack(copies, dim=1)  # [b, r, L, L]
     is_self = torch.eye(length, dtype=torch.bool, device=qk.device)
-    scores = (qk @ F.normalize(qk, dim=-1).mT / math.sqrt(d)).unsqueeze(1)  # [b, 1, L, L]
-    scores = scores - SELF_BIAS * is_self
+    factor = 1 / math.sqrt(d) if scale is None else scale
+    scores = (qk @ F.normalize(qk, dim=-1).mT * factor).unsqueeze(1)  # [b, 1, L, L]
+    scores = scores - SELF_BIAS * is_self + copies.clamp(min=1).to(scores.dtype).log()
     if dedup:
-        n_met = permitted.sum(dim=1, keepdim=True).clamp(min=1).to(scores.dtype)  # N_ij  [b, 1, L, L]
+        n_met = (copies > 0).sum(dim=1, keepdim=True).clamp(min=1).to(scores.dtype)  # N_ij  [b, 1, L, L]
         scores = scores - torch.where(is_self, 0.0, n_met.log())
-    scores = scores.masked_fill(~permitted, -math.inf)  # [b, r, L, L]
+    scores = scores.masked_fill(copies == 0, -math.inf)  # [b, r, L, L]
     lse = scores.logsumexp(dim=-1)  # [b, r, L]
     probs = (scores - lse[..., None]).exp()
     attn = (lse.softmax(dim=1)[..., None] * probs).sum(dim=1)  # [b, L, L]
     return _unbatched(given, attn @ v, attn if return_attention else None)
-
-
-def top_k_recall(qk, rotations, *, k, chunk_len, causal=False, look_back=1):
-    """How often LSH attention finds the keys that matter: the fraction of each query's top-k keys under
-    full shared-QK attention (itself excluded) that get any weight from :func:`lsh_attention`.
-
-    Builds ``[..., L, L]`` matrices: for lessons and tests at small L only.
-    """
-    _, attn = lsh_attention(qk, qk, rotations, chunk_len=chunk_len, causal=causal, look_back=look_back,
-                            return_attention=True)  # values do not matter, only where the weight goes
-    scores = qk @ F.normalize(qk, dim=-1).mT  # [..., L, L]
-    forbidden = torch.eye(qk.shape[-2], dtype=torch.bool, device=qk.device)
-    if causal:
-        forbidden = forbidden | torch.ones_like(forbidden).triu(1)
-    top = scores.masked_fill(forbidden, -math.inf).topk(k, dim=-1).indices  # [..., L, k]
-    found = attn.gather(-1, top) > 0
-    if causal:  # early queries have fewer than k earlier keys: count only real ones
-        real = top < torch.arange(qk.shape[-2], device=qk.device)[:, None]
-        return (found & real).sum().double() / real.sum()
-    return found.double().mean()
