@@ -20,6 +20,8 @@ import torch
 
 from .checks import check_int
 
+HASH_GROUP = 32  # columns per group in hash_block's two-stage argmax (reductions over 32 floats vectorize well)
+
 
 def check_n_buckets(n_buckets):
     """Raise a ValueError unless ``n_buckets`` is an even integer >= 2 (``h`` needs ``±`` pairs)."""
@@ -48,29 +50,75 @@ def random_rotations(dim, n_buckets, n_rounds=1, *, generator=None, device=None,
 def hash_vectors(x, rotations):
     """Bucket ids ``h(x) = argmax([xR; -xR])`` for every vector and every round.
 
-    x: ``[..., L, d]`` floating point; rotations: ``[n_rounds, d, n_buckets // 2]``.
+    x: ``[..., L, d]`` floating point; rotations: ``[n_rounds, d, n_buckets // 2]`` (leading dims of their own
+    broadcast against x's: one rotation per head).
     Returns int64 ``[..., n_rounds, L]`` in ``[0, n_buckets)``. Bucket ``i < n_buckets/2`` is the cone
     around ``+R[:, i]``, bucket ``i + n_buckets/2`` the cone around ``-R[:, i]``. The zero vector, which
     has no direction, gets bucket 0.
     """
     _check_hash_inputs(x, rotations)
-    rotated = torch.einsum("...ld,rdb->...rlb", x, rotations.to(x.dtype))  # [..., n_rounds, L, n_buckets/2]
+    rotated = torch.einsum("...ld,...rdb->...rlb", x, rotations.to(x.dtype))  # [..., n_rounds, L, n_buckets/2]
     return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # [..., n_rounds, L]
+
+
+def hash_block(x, rotations):
+    """``hashing.hash_vectors`` (``argmax([xR; -xR])``) without building ``[xR; -xR]``: ``x [b, l, d]`` -> ``[b, r, l]``.
+
+    Optimization: with n_buckets = 2L / chunk_len the rotated vectors are O(L^2) numbers, the one quadratic
+    term of the layer, so after the matrix product (all rounds in one, ``[b * l, d] @ [d, r * n_buckets / 2]``)
+    each of them should be read as few times as possible. Max *values* are fast vectorized reductions; a max
+    with indices, or a pass that compares every number with the winner, is several times slower. So: take
+    the largest and the smallest value of each group of ``HASH_GROUP`` columns of ``xR`` (one fast pass each),
+    the row's largest and smallest from those, keep whichever is larger in size (the winner of
+    ``[xR; -xR]``), find the first group holding it, and search only that group for its first column.
+    Ties go to the ``+xR`` half and to the first index, as argmax's do, so the buckets are exactly
+    :func:`hash_vectors`' (tests/test_hashing.py checks it, ties within and across groups included).
+    """
+    (b, l, d), (n_rounds, _, half) = x.shape, rotations.shape[-3:]
+    if x.dtype != rotations.dtype or x.device != rotations.device:
+        return hash_vectors(x, rotations)  # let hash_vectors explain the mismatch / cast
+    with torch.no_grad():  # integers come out: nothing to record
+        if rotations.dim() == 4:  # one rotation per row: [b, l, d] @ [b, d, r * half]
+            rotated = (x @ rotations.transpose(1, 2).reshape(b, d, n_rounds * half)).reshape(b * l, -1)
+        else:
+            rotated = x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half)
+        n = b * l * n_rounds
+        # groups pay off from a few of them on (measured: at half = 64 one group was as fast); else one group
+        width = HASH_GROUP if half % HASH_GROUP == 0 and half >= 4 * HASH_GROUP else half
+        n_groups = half // width
+        groups = rotated.view(n, n_groups, width)
+        group_top, group_bottom = groups.amax(dim=-1), groups.amin(dim=-1)  # [n, n_groups]
+        top, bottom = group_top.amax(dim=-1), group_bottom.amin(dim=-1)  # [n]
+        upper = top >= -bottom  # the winner of argmax([xR; -xR]) is in the +xR half
+        winner = torch.where(upper, top, bottom).unsqueeze(-1)
+        if n_groups == 1:
+            group, within = 0, groups.view(n, width)
+        else:
+            group = _first_true(torch.where(upper.unsqueeze(-1), group_top, group_bottom) == winner)  # [n]
+            rows = torch.arange(0, n * n_groups, n_groups, device=x.device) + group
+            within = groups.view(n * n_groups, width).index_select(0, rows)  # [n, width]: the winner's group
+        first = group * width + _first_true(within == winner)
+        return torch.where(upper, first, first + half).view(b, l, n_rounds).transpose(1, 2)
+
+
+def _first_true(hits):
+    """Index of the first True along the last dim (argmax takes no bools; the same bytes read as uint8)."""
+    return hits.view(torch.uint8).argmax(dim=-1)
 
 
 def _check_hash_inputs(x, rotations):
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if not torch.is_tensor(rotations) or rotations.dim() != 3:
+    if not torch.is_tensor(rotations) or rotations.dim() < 3:
         raise ValueError(
             "rotations must have shape [n_rounds, dim, n_buckets // 2] (from random_rotations), "
             f"got {tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__}"
         )
     if x.dim() < 2:
         raise ValueError(f"x must have shape [..., L, dim], got {tuple(x.shape)}")
-    if x.shape[-1] != rotations.shape[1]:
+    if x.shape[-1] != rotations.shape[-2]:
         raise ValueError(
-            f"x has last dimension {x.shape[-1]} but rotations expect dim {rotations.shape[1]} "
+            f"x has last dimension {x.shape[-1]} but rotations expect dim {rotations.shape[-2]} "
             f"(rotations shape {tuple(rotations.shape)})"
         )
     if x.device != rotations.device:

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from minireformer.checks import check_int
-from minireformer.hashing import hash_vectors
+from minireformer.hashing import hash_block
 
 SELF_BIAS = 1e5  # the paper's m_ii: attend to yourself only when there is nobody else
 BLOCK_SCORES = 1 << 20  # the fast path works on blocks of chunks holding about this many scores (CPU)
@@ -58,7 +58,6 @@ BLOCK_SCORES_ACCELERATOR = 1 << 24  # on a GPU: big blocks, few kernel launches
 MIN_BLOCKS = 4  # and at least this many blocks a call, so that short sequences keep small temporaries
 NORM_EPS = 1e-12  # keys are q / max(|q|, eps), F.normalize's default
 HASH_BLOCK = 1 << 21  # and hashes blocks of positions with about this many rotated coordinates
-HASH_GROUP = 32  # columns per group in the hash's two-stage argmax (reductions over 32 floats vectorize well)
 
 
 # ---- the steps, each callable on its own -----------------------------------------------------------------
@@ -255,7 +254,7 @@ def keep_probabilities():
 
 def _buckets(qk, rotations):
     """The buckets of ``qk [b, L, d]``, ``[b, n_rounds, L]``: played back from a tape (:func:`replaying_buckets`),
-    or hashed (:func:`_hash_block`, a slice of positions at a time) and, while recording, appended to the tape."""
+    or hashed (:func:`~minireformer.hashing.hash_block`, a slice of positions at a time) and, while recording, appended to the tape."""
     shape, n_buckets = (qk.shape[0], rotations.shape[-3], qk.shape[1]), 2 * rotations.shape[-1]
     if _CHANNEL.tape is not None and _CHANNEL.replay:
         return _play(_CHANNEL.tape, shape, n_buckets)
@@ -265,7 +264,7 @@ def _buckets(qk, rotations):
     buckets = qk.new_empty(shape, dtype=torch.long)
     rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[-3] * rotations.shape[-1]))
     for start in range(0, qk.shape[1], rows):
-        buckets[..., start : start + rows] = _hash_block(qk[:, start : start + rows], rotations)
+        buckets[..., start : start + rows] = hash_block(qk[:, start : start + rows], rotations)
     if _CHANNEL.tape is not None:  # recording: in the smallest integer type that holds the ids
         small = torch.uint8 if n_buckets <= 256 else torch.int16 if n_buckets <= 2**15 else torch.int32
         _CHANNEL.tape.append(buckets.to(small))
@@ -442,11 +441,18 @@ def _check(qk, v, rotations, chunk_len, look_back):
                         f"got {qk.dtype} on {qk.device} and {v.dtype} on {v.device}")
     check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
     if not torch.is_tensor(rotations) or rotations.dim() < 3 or rotations.shape[-2] != qk.shape[-1] or \
-            torch.broadcast_shapes(rotations.shape[:-3], qk.shape[:-2]) != qk.shape[:-2]:
+            not _broadcasts(rotations.shape[:-3], qk.shape[:-2]):
         got = tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__
         raise ValueError(f"rotations must have shape [..., n_rounds, d, n_buckets // 2] with d = {qk.shape[-1]} (the "
                          f"last dimension of qk) and leading dims that broadcast to qk's {tuple(qk.shape[:-2])}, "
                          f"got {got}")
+
+
+def _broadcasts(shape, to):
+    try:
+        return torch.broadcast_shapes(shape, to) == to
+    except RuntimeError:
+        return False
 
 
 def _per_row(rotations, leading):
@@ -467,51 +473,6 @@ def _unbatched(like, out, attn=None):
     """The output ``[b, L, d]`` (and the weights ``[b, L, L]``) back in ``like``'s leading dims and dtype."""
     out = out.to(like.dtype).reshape(like.shape)
     return out if attn is None else (out, attn.to(like.dtype).reshape(*like.shape[:-1], like.shape[-2]))
-
-
-def _hash_block(x, rotations):
-    """``hashing.hash_vectors`` (``argmax([xR; -xR])``) without building ``[xR; -xR]``: ``x [b, l, d]`` -> ``[b, r, l]``.
-
-    Optimization: with n_buckets = 2L / chunk_len the rotated vectors are O(L^2) numbers, the one quadratic
-    term of the layer, so after the matrix product (all rounds in one, ``[b * l, d] @ [d, r * n_buckets / 2]``)
-    each of them should be read as few times as possible. Max *values* are fast vectorized reductions; a max
-    with indices, or a pass that compares every number with the winner, is several times slower. So: take
-    the largest and the smallest value of each group of ``HASH_GROUP`` columns of ``xR`` (one fast pass each),
-    the row's largest and smallest from those, keep whichever is larger in size (the winner of
-    ``[xR; -xR]``), find the first group holding it, and search only that group for its first column.
-    Ties go to the ``+xR`` half and to the first index, as argmax's do, so the buckets are exactly
-    ``hash_vectors``' (tests/test_bench.py checks it, ties within and across groups included).
-    """
-    (b, l, d), (n_rounds, _, half) = x.shape, rotations.shape[-3:]
-    if x.dtype != rotations.dtype or x.device != rotations.device:
-        return hash_vectors(x, rotations)  # let hash_vectors explain the mismatch / cast
-    with torch.no_grad():  # integers come out: nothing to record
-        if rotations.dim() == 4:  # one rotation per row: [b, l, d] @ [b, d, r * half]
-            rotated = (x @ rotations.transpose(1, 2).reshape(b, d, n_rounds * half)).reshape(b * l, -1)
-        else:
-            rotated = x.reshape(b * l, d) @ rotations.transpose(0, 1).reshape(d, n_rounds * half)
-        n = b * l * n_rounds
-        # groups pay off from a few of them on (measured: at half = 64 one group was as fast); else one group
-        width = HASH_GROUP if half % HASH_GROUP == 0 and half >= 4 * HASH_GROUP else half
-        n_groups = half // width
-        groups = rotated.view(n, n_groups, width)
-        group_top, group_bottom = groups.amax(dim=-1), groups.amin(dim=-1)  # [n, n_groups]
-        top, bottom = group_top.amax(dim=-1), group_bottom.amin(dim=-1)  # [n]
-        upper = top >= -bottom  # the winner of argmax([xR; -xR]) is in the +xR half
-        winner = torch.where(upper, top, bottom).unsqueeze(-1)
-        if n_groups == 1:
-            group, within = 0, groups.view(n, width)
-        else:
-            group = _first(torch.where(upper.unsqueeze(-1), group_top, group_bottom) == winner)  # [n]
-            rows = torch.arange(0, n * n_groups, n_groups, device=x.device) + group
-            within = groups.view(n * n_groups, width).index_select(0, rows)  # [n, width]: the winner's group
-        first = group * width + _first(within == winner)
-        return torch.where(upper, first, first + half).view(b, l, n_rounds).transpose(1, 2)
-
-
-def _first(hits):
-    """Index of the first True along the last dim (argmax takes no bools; the same bytes read as uint8)."""
-    return hits.view(torch.uint8).argmax(dim=-1)
 
 
 def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,

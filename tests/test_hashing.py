@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from minireformer.hashing import (
+    HASH_GROUP,
     check_n_buckets,
     collision_probability,
+    hash_block,
     hash_vectors,
     planar_rotations,
     random_rotations,
@@ -183,3 +185,28 @@ def test_half_precision_hashes_like_float32_almost_everywhere():
     rotations = random_rotations(64, 8, generator=g)
     agree = (hash_vectors(x.bfloat16(), rotations) == hash_vectors(x, rotations)).double().mean()
     assert agree > 0.95  # only near-ties at cone borders may flip
+
+
+@pytest.mark.parametrize("n_buckets", [32, 256])  # one group of columns, and 4 groups of HASH_GROUP
+def test_fast_hash_equals_hash_vectors(n_buckets):
+    half = n_buckets // 2
+    x = torch.randn(3, 200, 16, generator=torch.Generator().manual_seed(0))
+    x[0, 0] = 0  # no direction: bucket 0 in both
+    rotations = random_rotations(16, n_buckets, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(hash_block(x, rotations), hash_vectors(x, rotations))
+    # ties: two equal columns (the first index wins), a column that is another's negative (+xR wins), and
+    # with several groups the same across groups and inside a later group
+    a, b, c, e = (2, 5, 7, 9) if half < 4 * HASH_GROUP else (2, 70, 7, 105)
+    rotations[..., b], rotations[..., e] = rotations[..., a], -rotations[..., c]
+    targets = [rotations[0, :, a], -rotations[1, :, a], rotations[2, :, c]]
+    if half >= 4 * HASH_GROUP:
+        rotations[..., 45] = rotations[..., 40]
+        targets.append(rotations[1, :, 40])
+    x = torch.cat([x] + [t.expand(3, 4, 16) for t in targets], dim=1)
+    buckets = hash_vectors(x, rotations)
+    assert (buckets == a).any() and (buckets == a + half).any() and (buckets == c).any()
+    assert half < 4 * HASH_GROUP or (buckets == 40).any()
+    assert torch.equal(hash_block(x, rotations), buckets)
+    per_row = random_rotations(16, n_buckets, 6, generator=torch.Generator().manual_seed(2)).unflatten(0, (3, 2))
+    assert torch.equal(hash_block(x, per_row), hash_vectors(x, per_row))  # one rotation per row (per head)
+    assert torch.equal(hash_block(x[1:2], per_row[1]), hash_vectors(x[1:2], per_row[1]))

@@ -287,3 +287,56 @@ def test_errors_name_the_argument(fn):
         fn(qk, v, random_rotations(6, 4), chunk_len=4)
     with pytest.raises(TypeError, match="qk must be a floating-point"):
         fn(torch.ones(2, 10, 8, dtype=torch.long), v, rotations, chunk_len=4)
+
+
+# ---- the anchors' conventions: scale, rounds sorted along one axis, one rotation per head ---------------------
+@pytest.mark.parametrize("length", [32, 29])
+@pytest.mark.parametrize("same_bucket_only", [True, False])
+@pytest.mark.parametrize("look_back", [1, 2])
+@pytest.mark.parametrize("n_rounds", [1, 2, 3])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fast_path_matches_reference_with_the_anchors_conventions(causal, n_rounds, look_back, same_bucket_only,
+                                                                   length):
+    qk, v, _ = make_inputs(length, n_rounds=n_rounds, batch=(2, 3), seed=7 * n_rounds + look_back)
+    per_head = random_rotations(8, 4, 3 * n_rounds, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    per_head = per_head.unflatten(0, (3, n_rounds))  # [heads, rounds, d, n_buckets / 2]
+    assert_matches_reference(qk, v, per_head, chunk_len=8, causal=causal, look_back=look_back,
+                             same_bucket_only=same_bucket_only, scale=1.0, concat_rounds=True)
+
+
+def test_one_rotation_per_head_is_each_head_hashed_with_its_own():
+    qk, v, _ = make_inputs(32, batch=(2, 3), seed=3)
+    per_head = random_rotations(8, 4, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    per_head = per_head.unflatten(0, (3, 2))
+    out = lsh_attention(qk, v, per_head, chunk_len=8)
+    for h in range(3):  # head h alone, with its rotations shared
+        torch.testing.assert_close(out[:, h], lsh_attention(qk[:, h], v[:, h], per_head[h], chunk_len=8), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="leading dims that broadcast"):
+        lsh_attention(qk, v, per_head[:2], chunk_len=8)
+
+
+def test_scale_multiplies_the_scores():
+    qk, v, rotations = make_inputs(32, seed=4)
+    # scale = 1 / sqrt(d) given explicitly is the default; scale s is qk * s sqrt(d) with the default scale
+    torch.testing.assert_close(lsh_attention(qk, v, rotations, chunk_len=8, scale=8 ** -0.5),
+                               lsh_attention(qk, v, rotations, chunk_len=8), rtol=0, atol=0)
+    ref = lsh_attention_reference(qk * 8 ** 0.5, v, rotations, chunk_len=8)  # the same directions: same buckets
+    torch.testing.assert_close(lsh_attention(qk, v, rotations, chunk_len=8, scale=1.0), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_concatenated_rounds_differ_only_for_queries_in_a_first_chunk(causal):
+    """With one round, sorting the rounds along one axis changes nothing; with two, only queries in the first
+    chunk of a round see other keys (the last chunk of the round before instead of their own round's)."""
+    qk, v, rotations = make_inputs(64, n_rounds=1, seed=9)
+    torch.testing.assert_close(lsh_attention(qk, v, rotations, chunk_len=8, causal=causal, concat_rounds=True),
+                               lsh_attention(qk, v, rotations, chunk_len=8, causal=causal), rtol=0, atol=0)
+    qk, v, rotations = make_inputs(64, n_rounds=2, seed=9)
+    kw = dict(chunk_len=8, causal=causal, same_bucket_only=False)
+    changed = (lsh_attention(qk, v, rotations, concat_rounds=True, **kw) - lsh_attention(qk, v, rotations, **kw))
+    changed = changed.abs().amax(-1) > 1e-12  # [b, L]
+    _, undo = sort_by_bucket(hash_vectors(qk.detach(), rotations))  # [b, r, L] sorted slot of each position
+    in_a_first_chunk = (undo < 8).any(dim=1)
+    assert changed.any() and not (changed & ~in_a_first_chunk).any()
+    with pytest.raises(ValueError, match="dedup"):
+        lsh_attention(qk, v, rotations, chunk_len=8, dedup=True, concat_rounds=True)

@@ -233,7 +233,7 @@ def test_the_recomputation_hashes_nothing_and_the_buckets_are_saved(monkeypatch)
     # the reversible backward plays back the buckets each LSH call hashed in the forward pass (rebuilt in
     # float32 its input differs in the last bits, enough to flip a near-tie): no hashing in backward, and the
     # bucket ids are among the tensors saved for backward, 1 byte per token, head and round here
-    counts = lsh_calls_per_step(monkeypatch, "_hash_block")
+    counts = lsh_calls_per_step(monkeypatch, "hash_block")
     assert counts[True] == counts[False] > 0
     seq, x = CASES["LSH attention"](), x_like()
     n_ids = 3 * 2 * 2 * 2 * 37  # blocks * batch * heads * rounds * L, one byte each (n_buckets = 2 * 40 / 8)
