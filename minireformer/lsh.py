@@ -168,6 +168,14 @@ def duplicate_counts(q_where, k_where, *, n_chunks, look_back, same_bucket_only)
     return counts
 
 
+def key_norms(qk, key_eps=None):
+    """The length each key is divided by, ``[..., L, 1]``: ``|q|`` (keys ``q / |q|``, at least ``NORM_EPS``), or
+    with ``key_eps`` ``sqrt(|q|^2 + d key_eps)``, trax's and HF's length normalization (they use 1e-6)."""
+    if key_eps is None:
+        return qk.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    return (qk.square().sum(-1, keepdim=True) + qk.shape[-1] * key_eps).sqrt()
+
+
 def combine_rounds(o, lse):
     """``o = sum_r exp(z_r - logsumexp_r z_r) o_r``: ``o [..., n_rounds, L, d]``, ``lse [..., n_rounds, L]``.
 
@@ -295,10 +303,10 @@ class _Plan:
     and buckets; and how to put each round's outputs back in the original order."""
 
     def __init__(self, buckets, *, length, chunk_len, look_back, causal, same_bucket_only, dedup, scale,
-                 concat_rounds):
+                 concat_rounds, key_eps):
         b, n_rounds, padded = buckets.shape  # [b, r, Lp]
         self.batch, self.n_rounds, self.padded, self.length = b, n_rounds, padded, length
-        self.n_chunks, self.scale, self.concat_rounds = padded // chunk_len, scale, concat_rounds
+        self.n_chunks, self.scale, self.concat_rounds, self.key_eps = padded // chunk_len, scale, concat_rounds, key_eps
         self.mask_args = dict(length=length, causal=causal, same_bucket_only=same_bucket_only)
         self.look_back, self.same_bucket_only = look_back, same_bucket_only
         sorted_pos, undo = sort_by_bucket(buckets)  # [b, r, Lp]
@@ -372,7 +380,7 @@ class _ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, v, plan, keep):  # q (= qk), v [b * Lp, d] -> out [b * Lp, d], round weights [N, c]
-        norm = q.norm(dim=-1, keepdim=True).clamp_min_(NORM_EPS)  # keys k = q / |q|, as F.normalize
+        norm = key_norms(q, plan.key_eps)  # keys k = q / |q| (or HF's and trax's q / sqrt(|q|^2 + d eps))
         k = q / norm
         # each round's outputs in its sorted order, [b * n_chunks, c, d]: one tensor per round, not one for all,
         # since a tensor that large comes fresh from the operating system (page faults) on every call
@@ -476,7 +484,7 @@ def _unbatched(like, out, attn=None):
 
 
 def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
-                  dedup=False, return_attention=False, scale=None, concat_rounds=False):
+                  dedup=False, return_attention=False, scale=None, concat_rounds=False, key_eps=None):
     """Multi-round LSH attention, the fast way: memory O(b * n_rounds * L * chunk_len), no L x L tensor.
 
     qk, v: ``[..., L, d]`` (shared query/key vectors and values); rotations: ``[n_rounds, d, n_buckets // 2]``
@@ -488,6 +496,7 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
     use ``1.0``). ``concat_rounds``: sort the rounds along one axis, as trax and HF do, so that a round's
     first chunk looks back into the last chunk of the round before (and round 0 into the last round), a
     copy of the query itself there counting as itself; by default each round wraps around on its own.
+    ``key_eps``: keys ``q / sqrt(|q|^2 + d key_eps)`` (:func:`key_norms`; trax and HF: 1e-6) instead of ``q / |q|``.
     Returns ``[..., L, d]``, and with ``return_attention=True`` also the (detached) dense weights
     ``[..., L, L]``, summed over rounds with their combination weights (for pictures and tests at small L).
     """
@@ -501,7 +510,8 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
         buckets = pad_buckets(buckets, chunk_len, 2 * rotations.shape[-1])  # [b, r, Lp]
         padded = buckets.shape[-1]
         plan = _Plan(buckets, length=length, chunk_len=chunk_len, look_back=look_back, causal=causal,
-                     same_bucket_only=same_bucket_only, dedup=dedup, scale=scale, concat_rounds=concat_rounds)
+                     same_bucket_only=same_bucket_only, dedup=dedup, scale=scale, concat_rounds=concat_rounds,
+                     key_eps=key_eps)
 
         def pad(x):  # [b, L, d] -> [b * Lp, d]
             return (F.pad(x, (0, 0, 0, padded - length)) if padded > length else x).flatten(0, 1)
@@ -513,12 +523,12 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
         attn = None
         if return_attention:
             with torch.no_grad():
-                attn = plan.dense(q, F.normalize(q, dim=-1, eps=NORM_EPS), v, weights)
+                attn = plan.dense(q, q / key_norms(q, key_eps), v, weights)
     return _unbatched(given, out, attn)
 
 
 def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
-                            dedup=False, return_attention=False, scale=None, concat_rounds=False):
+                            dedup=False, return_attention=False, scale=None, concat_rounds=False, key_eps=None):
     """The same attention the slow, obvious way: per round an explicit ``[L, L]`` count of the copies of each
     key in each query's window, from the same bucket ids and windows (0 or 1, but 2 when ``concat_rounds``
     brings a key in again from the round before), a dense masked softmax, rounds combined by their logsumexp."""
@@ -549,7 +559,7 @@ def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_b
     copies = torch.stack(copies, dim=1)  # [b, r, L, L]
     is_self = torch.eye(length, dtype=torch.bool, device=qk.device)
     factor = 1 / math.sqrt(d) if scale is None else scale
-    scores = (qk @ F.normalize(qk, dim=-1).mT * factor).unsqueeze(1)  # [b, 1, L, L]
+    scores = (qk @ (qk / key_norms(qk, key_eps)).mT * factor).unsqueeze(1)  # [b, 1, L, L]
     scores = scores - SELF_BIAS * is_self + copies.clamp(min=1).to(scores.dtype).log()
     if dedup:
         n_met = (copies > 0).sum(dim=1, keepdim=True).clamp(min=1).to(scores.dtype)  # N_ij  [b, 1, L, L]

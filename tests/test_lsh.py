@@ -340,3 +340,13 @@ def test_concatenated_rounds_differ_only_for_queries_in_a_first_chunk(causal):
     assert changed.any() and not (changed & ~in_a_first_chunk).any()
     with pytest.raises(ValueError, match="dedup"):
         lsh_attention(qk, v, rotations, chunk_len=8, dedup=True, concat_rounds=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_trax_and_hf_key_normalization_matches_the_reference(causal):
+    qk, v, rotations = make_inputs(29, n_rounds=2, seed=12)
+    qk = (qk * 0.01).detach().requires_grad_()  # short vectors, where d * eps is felt
+    kw = dict(chunk_len=8, causal=causal, key_eps=1e-6, scale=1.0, concat_rounds=True, same_bucket_only=False)
+    assert_matches_reference(qk, v, rotations, **kw)
+    assert not torch.allclose(lsh_attention(qk, v, rotations, **kw),
+                              lsh_attention(qk, v, rotations, **dict(kw, key_eps=None)), atol=1e-6)
