@@ -25,7 +25,7 @@ from . import anchors
 from .attention import FullSelfAttention, LSHSelfAttention, default_n_buckets
 from .complexity import activation_peak
 from .lab import reversible_stack
-from .measure import format_table as _table, interleaved, machine, resolve_device, time_step
+from .measure import format_table as _table, interleaved, machine, resolve_device, time_step, write_run
 from .memory import OUT_OF_MEMORY, peak_memory, peak_within
 from .reversible import duplicate, merge, reconstruction_error
 
@@ -340,6 +340,7 @@ def add_arguments(parser):
     parser.add_argument("--compare", action="store_true",
                         help="also run HF transformers' and reformer-pytorch's (pip install -e '.[compare]')")
     parser.add_argument("--figure", default=None, help="write the figure to this PNG")
+    parser.add_argument("--out", default=None, help="write the rows as JSON, with the command and the machine")
     return parser
 
 
@@ -358,8 +359,11 @@ def from_args(args, parser):
     timing = (f"; median of {args.repeats} steps after a warm-up; peak = extra memory during one step "
               f"(minireformer.memory.peak_memory)") if args.what != "buckets" else ""
     print(f"machine: {machine()}{timing}")
-    return {"attention": _print_attention, "reversible": _print_reversible, "buckets": _print_buckets}[args.what](
+    rows = {"attention": _print_attention, "reversible": _print_reversible, "buckets": _print_buckets}[args.what](
         args, values, device)
+    if args.out:
+        print(f"wrote {write_run(args.out, rows, command=getattr(args, 'command_line', None))}")
+    return rows
 
 
 def _bar(desc, unit):

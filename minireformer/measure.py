@@ -9,14 +9,20 @@ fits a log-log slope and prints numbers, so that two measurements are always mad
   :func:`cpu_threads`, :func:`machine` (the machine in words, for a printed table).
 - **numbers**: :func:`loglog_slope` (the k of ``y ~ x^k``), :func:`linear_quadratic` (``a x + c x^2``), :func:`binary_bytes` (``"812.0 MiB"``),
   :func:`si` (``"3.2 G"``), :func:`format_table`.
+- **a run on record**: :func:`write_run` saves what a command measured with the command and the machine,
+  and :func:`read_run` loads it (the committed ones live in ``minireformer/records``), so that a lesson quotes a committed run instead of copying its numbers.
 """
 
 import contextlib
+import json
 import math
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -167,3 +173,37 @@ def format_table(header, rows, *, markdown=False, align=None):
         return "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths)).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
+
+
+# ---- a run on record ----------------------------------------------------------------------------------------------
+def write_run(path, results, *, command=None, **details):
+    """Write ``{"command", "machine", **details, "results"}`` as JSON to ``path``, atomically (a temporary file,
+    then a rename). ``command`` defaults to this process's ``python -m minireformer ...`` line."""
+    if command is None:
+        command = "python -m minireformer " + shlex.join(sys.argv[1:])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(dict(command=command, machine=machine(), **details, results=results), indent=1)
+                         + "\n")
+    temporary.replace(path)
+    return path
+
+
+RECORDS = Path(__file__).parent / "records"  # the committed runs that lessons quote
+
+
+def read_run(path):
+    """A run written by :func:`write_run`: the dict with its ``command``, ``machine`` and ``results``. A bare
+    file name is looked up among the committed runs (``minireformer/records``)."""
+    path = Path(path)
+    if not path.exists() and path.parent == Path("."):
+        path = RECORDS / path
+    try:
+        run = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the run in {path}: {error}") from None
+    missing = [key for key in ("command", "machine", "results") if key not in run]
+    if missing:
+        raise ValueError(f"{path} is not a run written by measure.write_run: it lacks {missing}")
+    return run

@@ -166,3 +166,15 @@ def test_lesson_02s_memory_claim_holds_when_full_attention_skips_the_long_length
     exec(lesson_cell("02", 'bench.memory_growth(rows, "full (shared-QK)")'), {"bench": bench, "rows": rows})
     with pytest.raises(ValueError, match="full \\(shared-QK\\) ran at 1 length\\(s\\); a growth needs two"):
         bench.memory_growth([r for r in rows if r["length"] != 512], "full (shared-QK)")
+
+
+def test_bench_out_writes_the_rows_with_the_command_and_the_machine(tmp_path, capsys):
+    from minireformer.measure import read_run
+
+    out = tmp_path / "buckets.json"
+    main(["bench", "buckets", "--length", "64", "--out", str(out)])
+    run = read_run(out)
+    assert run["command"] == f"python -m minireformer bench buckets --length 64 --out {out}"
+    assert [row["seed"] for row in run["results"]] == list(range(12))
+    assert all(row["length"] == 64 and float(row["replayed"]) < 1e-4 for row in run["results"])
+    assert f"wrote {out}" in capsys.readouterr().out

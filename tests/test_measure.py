@@ -96,3 +96,26 @@ def test_check_int_names_the_argument(value, least, message):
     with pytest.raises(ValueError, match=message):
         check_int("n", value, least=least)
     assert check_int("n", 3, least=least) == 3
+
+
+def test_a_run_on_record_round_trips_and_a_bad_one_is_named(tmp_path, monkeypatch):
+    path = measure.write_run(tmp_path / "sub" / "run.json", [{"seed": 0, "error": 1.5e-6}], command="cmd", note="x")
+    run = measure.read_run(path)
+    assert run["command"] == "cmd" and run["note"] == "x" and run["results"] == [{"seed": 0, "error": 1.5e-6}]
+    assert run["machine"] == measure.machine()
+    assert not list(path.parent.glob("*.tmp"))  # written to a temporary file, then renamed
+    monkeypatch.setattr(measure, "RECORDS", tmp_path / "sub")
+    assert measure.read_run("run.json") == run  # a bare name: the committed runs
+    (tmp_path / "bad.json").write_text('{"results": []}')
+    with pytest.raises(ValueError, match=r"lacks \['command', 'machine'\]"):
+        measure.read_run(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="cannot read the run"):
+        measure.read_run(tmp_path / "broken.json")
+
+
+def test_the_committed_bucket_run_is_a_run_of_its_command():
+    run = measure.read_run("bench_buckets.json")
+    assert run["command"].startswith("python -m minireformer bench buckets")
+    assert [row["seed"] for row in run["results"]] == list(range(12))
+    assert all(float(row["replayed"]) < 1e-5 for row in run["results"])  # lesson 03 quotes these
