@@ -15,6 +15,7 @@
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def figures():
         "collision_rounds.png": collision_rounds,
         "lsh_sort.png": lambda: plots.plot_lsh_stage(lab.lsh_walkthrough(), "sort"),  # lesson 02
         "lsh_attention.png": lambda: plots.plot_lsh_stage(lab.lsh_walkthrough(), "combine"),
+        "lsh_causal_mask.png": lambda: plots.plot_causal_mask(lab.lsh_walkthrough(causal=True)),
         "lsh_recall.png": lambda: plots.plot_recall(recall_rounds, lab.recall_experiment(recall_rounds)),
         "reversible_memory.png": lambda: plots.plot_memory_vs_depth(depths, lab.depth_memory_experiment(depths)),
         "reversible_drift.png": lambda: plots.plot_reconstruction_drift(drift_depths, **lab.drift_experiment(drift_depths)),
@@ -106,6 +108,8 @@ def main(argv=None):
         "fullscale": fullscale.add_arguments(commands.add_parser("fullscale", help="every full-scale experiment (GPU)")),
     }
     args = parser.parse_args(argv)
+    # the command line as typed, for the runs a command writes on record (measure.write_run)
+    args.command_line = shlex.join(["python", "-m", "minireformer", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "figures":
         for path in save_figures(args.out, args.names):
             print(path)

@@ -86,11 +86,8 @@ def plot_hash_rotation(n_points=40, n_buckets=4, *, seed=0, angles=(0.0, math.pi
 
 
 def plot_collision_curves(thetas, measured, *, exact=None, n_rounds=1):
-    """Figure: measured P(same bucket) against the angle, one curve per bucket count.
-
-    thetas: angles in radians; measured: ``{n_buckets: probabilities}``; exact: optional
-    ``{label: probabilities}`` drawn as dashed theory lines.
-    """
+    """Figure: measured P(same bucket) against the angle (``thetas``, radians), one curve per bucket count
+    (``measured``: ``{n_buckets: probabilities}``); ``exact``: ``{label: probabilities}``, dashed theory lines."""
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     colors = bucket_colors(16)
@@ -115,16 +112,15 @@ def plot_softmax_concentration(weights, *, top=20):
     left.set(xlabel="key, ranked by score", ylabel="softmax weight", title=f"the {top} largest of {len(w)} weights")
     ks = torch.arange(1, len(w) + 1)
     right.semilogx(ks, w.cumsum(0), color="tab:orange")
+    plain_log_ticks(right, [k for k in (1, 10, 100, 1000, 10000) if k <= len(w)])
     right.set(xlabel="top k keys", ylabel="share of the attention", ylim=(0, 1.02), title="cumulative weight")
     right.grid(alpha=0.3)
     return fig
 
 
 def plot_rounds(thetas, measured, single):
-    """Figure: P(meet in at least one of r rounds) measured, against ``1 - (1 - p)^r`` from one round's p.
-
-    measured: ``{n_rounds: probabilities}``; single: the one-round probabilities p.
-    """
+    """Figure: P(meet in at least one of r rounds) measured (``{n_rounds: probabilities}``), against
+    ``1 - (1 - p)^r`` from one round's probabilities p (``single``)."""
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     colors = bucket_colors(16)
@@ -154,6 +150,19 @@ LSH_STAGE_TEXT = {
 }
 
 
+def plain_log_ticks(ax, xs=None):
+    """Log axes in plain numbers: x ticks at the values drawn (``xs``), y labels ``32``, ``0.5`` (not ``10^1.5``)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if xs is not None:
+        ax.set_xticks(list(xs), [f"{v:g}" for v in xs], minor=False)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if ax.get_yscale() == "log":  # labels at 1, 2, 5 x 10^k: several on any axis, however short its range
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _token_strip(ax, buckets, labels, n_buckets, chunk_len=None):
     from matplotlib.colors import ListedColormap
 
@@ -168,14 +177,14 @@ def _token_strip(ax, buckets, labels, n_buckets, chunk_len=None):
     ax.set_xticks([])
 
 
-def _matrix(ax, matrix, chunk_len=None, cmap="Blues", vmax=None):
-    ax.imshow(matrix.double().numpy(), cmap=cmap, vmin=0, vmax=vmax)
-    if chunk_len:
-        for edge in range(chunk_len, matrix.shape[0], chunk_len):
-            ax.axvline(edge - 0.5, color="0.5", lw=0.6)
-            ax.axhline(edge - 0.5, color="0.5", lw=0.6)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _matrix(ax, matrix, chunk_len=None, cmap="Blues", vmax=None, order="sorted slot"):
+    """A [queries, keys] heatmap, its axes labelled in ``order``; grid lines between chunks."""
+    image = ax.imshow(matrix.double().numpy(), cmap=cmap, vmin=0, vmax=vmax)
+    for edge in range(chunk_len, matrix.shape[0], chunk_len) if chunk_len else ():
+        ax.axvline(edge - 0.5, color="0.5", lw=0.6), ax.axhline(edge - 0.5, color="0.5", lw=0.6)
+    ticks = range(0, matrix.shape[0], chunk_len or 8)
+    ax.set(xticks=ticks, yticks=ticks, xlabel=f"key ({order})", ylabel=f"query ({order})")
+    return image
 
 
 def plot_lsh_stage(walk, stage):
@@ -186,17 +195,16 @@ def plot_lsh_stage(walk, stage):
     n_buckets, chunk_len = walk["n_buckets"], walk["chunk_len"]
     strip = stage in ("hash", "sort", "chunk")
     if stage == "combine":
-        fig = Figure(figsize=(9, 4.4), layout="constrained")
-        left, right = fig.subplots(1, 2)
+        fig = Figure(figsize=(9.6, 4.4), layout="constrained")
+        axes = fig.subplots(1, 2)
         top = max(walk["attention"].max(), walk["full"].max()).item()  # one colour scale for both
-        _matrix(left, walk["attention"], vmax=top)
-        left.set_title(f"LSH attention, {n_rounds} round{'s' * (n_rounds > 1)} combined")
-        _matrix(right, walk["full"], vmax=top)
-        right.set_title("full attention")
-        for ax in (left, right):
-            ax.set(xlabel="key position", ylabel="query position")
+        for ax, matrix, title in zip(axes, (walk["attention"], walk["full"]),
+                                     (f"LSH attention, {n_rounds} round{'s' * (n_rounds > 1)} combined", "full attention")):
+            image = _matrix(ax, matrix, vmax=top, order="position")
+            ax.set_title(title)
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="attention weight")
         return fig
-    fig = Figure(figsize=(10, 1.3 * n_rounds + 0.6) if strip else (4.4 * n_rounds, 4.6), layout="constrained")
+    fig = Figure(figsize=(10, 1.3 * n_rounds + 0.6) if strip else (4.4 * n_rounds + 1, 4.6), layout="constrained")
     axes = fig.subplots(n_rounds, 1) if strip else fig.subplots(1, n_rounds)
     axes = [axes] if n_rounds == 1 else list(axes)
     for r, ax in enumerate(axes):
@@ -210,13 +218,29 @@ def plot_lsh_stage(walk, stage):
             ax.set_title(f"round {r + 1}: {what} (numbers: original positions)", fontsize=9)
         elif stage == "mask":
             _matrix(ax, walk["allowed_sorted"][r], chunk_len, cmap="Greys", vmax=1.4)
-            ax.set_title(f"round {r + 1}: permitted pairs (sorted order)", fontsize=9)
-        elif stage == "attend":
-            _matrix(ax, walk["attention_sorted"][r], chunk_len, vmax=1)
-            ax.set_title(f"round {r + 1}: attention (sorted order)", fontsize=9)
+            ax.set_title(f"round {r + 1}: permitted pairs (dark), sorted order", fontsize=9)
         else:
-            _matrix(ax, walk["attention_rounds"][r], vmax=1)
-            ax.set_title(f"round {r + 1}: attention (original order)", fontsize=9)
+            sorted_ = stage == "attend"
+            image = _matrix(ax, walk["attention_sorted" if sorted_ else "attention_rounds"][r], chunk_len if sorted_ else None,
+                            vmax=1, order="sorted slot" if sorted_ else "position")
+            ax.set_title(f"round {r + 1}: attention ({'sorted' if sorted_ else 'original'} order)", fontsize=9)
+    if stage in ("attend", "unsort"):
+        fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    return fig
+
+
+def plot_causal_mask(walk, round_index=0):
+    """Figure: one round's permitted pairs of a causal :func:`~minireformer.lab.lsh_walkthrough`, in sorted order
+    and back in original order, where the causal mask (on original positions) keeps them below the diagonal."""
+    allowed, undo = walk["allowed_sorted"][round_index].double(), walk["undo"][round_index]
+    fig = Figure(figsize=(9.6, 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    _matrix(left, allowed, walk["chunk_len"], cmap="Greys", vmax=1.4)
+    left.set_title(f"round {round_index + 1}: permitted pairs (dark), sorted order", fontsize=9)
+    _matrix(right, allowed[undo][:, undo], cmap="Greys", vmax=1.4, order="position")
+    right.plot([-0.5, len(undo) - 0.5], [-0.5, len(undo) - 0.5], "--", color="tab:red", lw=1, label="key = query")
+    right.set_title("the same pairs in original order: never a later key", fontsize=9)
+    right.legend(loc="upper right", fontsize=8)
     return fig
 
 
@@ -229,8 +253,8 @@ def plot_recall(rounds, recall):
     ax = fig.add_subplot()
     for label, values in recall.items():
         ax.plot(rounds, values, "o-", label=label)
-    ax.set(xlabel="hash rounds", ylabel="top-8 keys found", ylim=(0, 1.02), xscale="log", xticks=rounds)
-    ax.set_xticklabels([str(r) for r in rounds])
+    ax.set(xlabel="hash rounds", ylabel="top-8 keys found", ylim=(0, 1.02), xscale="log")
+    plain_log_ticks(ax, rounds)
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -294,21 +318,19 @@ def plot_chunk_memory(n_chunks, peaks, d_ff=None):
     for label, values in peaks.items():
         ax.plot(n_chunks, [v / 2 ** 20 for v in values], "o-", label=label)
     title = "feed-forward, forward + backward" + (f" (d_ff = {d_ff})" if d_ff else "")
-    ax.set(xlabel="number of chunks", ylabel="peak MiB", xscale="log", xticks=n_chunks, ylim=(0, None), title=title)
-    ax.set_xticklabels([str(n) for n in n_chunks])
+    ax.set(xlabel="number of chunks", ylabel="peak MiB", xscale="log", ylim=(0, None), title=title)
+    plain_log_ticks(ax, n_chunks)
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
 
 
 # ---- lesson 07: long sequences: learning curves, Figure 3, memory and speed vs length ----------------------------
-def plot_learning_curves(curves, *, title="held-out bits per byte", ax=None):
+def plot_learning_curves(curves, *, title="held-out bits per byte"):
     """Figure: held-out bits per byte against training steps, one line per model; ``curves`` as returned by
     :func:`minireformer.longseq.learning_curves` (``{name: {"step": [...], "bits_per_byte": [...]}}``)."""
-    fig = None
-    if ax is None:
-        fig = Figure(figsize=(6.4, 4), layout="constrained")
-        ax = fig.add_subplot()
+    fig = Figure(figsize=(6.4, 4), layout="constrained")
+    ax = fig.add_subplot()
     for name, c in curves.items():
         ax.plot(c["step"], c["bits_per_byte"], "o-", ms=3, label=f"{name} ({c['bits_per_byte'][-1]:.2f})")
     ends = [c["bits_per_byte"][-1] for c in curves.values()]
@@ -316,21 +338,27 @@ def plot_learning_curves(curves, *, title="held-out bits per byte", ax=None):
            ylim=(min(ends) - 0.5, max(c["bits_per_byte"][0] for c in curves.values()) + 0.2))
     ax.grid(alpha=0.3)
     ax.legend()
-    return fig if fig is not None else ax.figure
+    return fig
 
 
-def plot_figure3(curves, baseline="Transformer", shared="shared-QK Transformer", reversible="reversible Transformer"):
+def plot_figure3(runs, baseline="Transformer", shared="shared-QK Transformer", reversible="reversible Transformer"):
     """The paper's Figure 3 at our scale: shared-QK vs separate Q/K (left), reversible vs ordinary residuals
-    (right), each against the same ``baseline`` curve; zoomed in on the second half of training."""
+    (right), each against the same ``baseline``, zoomed in on the second half of training. ``runs``: one
+    :func:`minireformer.longseq.learning_curves` result per seed; a line is the mean, its band the range."""
     fig = Figure(figsize=(10, 3.8), layout="constrained")
-    for ax, other, title in zip(fig.subplots(1, 2), (shared, reversible),
-                                ("shared-QK vs separate Q and K", "reversible vs ordinary residuals")):
-        pair = {baseline: curves[baseline], other: curves[other]}
-        plot_learning_curves(pair, title=title, ax=ax)
-        half = pair[baseline]["step"][len(pair[baseline]["step"]) // 2]
-        low = min(min(c["bits_per_byte"]) for c in pair.values())
-        high = max(b for c in pair.values() for s, b in zip(c["step"], c["bits_per_byte"]) if s >= half)
-        ax.set(xlim=(half, None), ylim=(low - 0.05, high + 0.05))
+    steps = runs[0][baseline]["step"]
+    late = [j for j, step in enumerate(steps) if step >= steps[len(steps) // 2]]
+    for ax, other, title in zip(fig.subplots(1, 2), (shared, reversible), ("shared-QK vs separate Q and K",
+                                                                        "reversible vs ordinary residuals")):
+        pair = {name: torch.tensor([run[name]["bits_per_byte"] for run in runs]) for name in (baseline, other)}
+        for i, (name, bits) in enumerate(pair.items()):
+            ax.fill_between(steps, bits.amin(0), bits.amax(0), color=f"C{i}", alpha=0.25, lw=0)
+            ax.plot(steps, bits.mean(0), "o-", ms=3, color=f"C{i}", label=f"{name} ({bits[:, -1].mean():.2f})")
+        shown = torch.cat([bits[:, late] for bits in pair.values()])
+        ax.set(xlim=(steps[late[0]], None), ylim=(shown.min() - 0.05, shown.max() + 0.05), xlabel="training step",
+               ylabel="bits per byte (held out)", title=f"{title}: mean and range of {len(runs)} seeds")
+        ax.grid(alpha=0.3)
+        ax.legend()
     return fig
 
 
@@ -367,8 +395,7 @@ def plot_length_sweep(rows, *, memory_budget=None):
     right.set(xscale="log", xlabel="sequence length", ylabel="tokens per second", ylim=(0, None),
               title="speed (batch fixed: flat = linear time)")
     for ax in (left, right):
-        ax.set_xticks(lengths, [str(n) for n in lengths], minor=False)
-        ax.minorticks_off()
+        plain_log_ticks(ax, lengths)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
@@ -457,8 +484,7 @@ def plot_transformer_memory(data):
                 label="measured: peak of forward + backward")
     left.loglog(lengths, [s * mb for s in data["scores"]], "k--", label="one $b \\cdot n_h \\cdot l^2$ scores tensor")
     left.set(xlabel="sequence length l", ylabel="MB", title="one layer: memory grows as $l^2$")
-    left.set_xticks(lengths, [str(n) for n in lengths])
-    left.minorticks_off()
+    plain_log_ticks(left, lengths)
     left.legend(fontsize=8)
     depths = data["depths"]
     right.plot(depths, [s * mb for s in data["saved"]], "o-", color=MODEL_COLORS["Transformer"],
@@ -519,8 +545,7 @@ def plot_complexity_scaling(sweeps, sizes):
         for model, peaks in measured.items():
             ax.loglog(values, [p / 1e6 for p in peaks], "o-", color=MODEL_COLORS[model],
                       label=f"{model}: slope {loglog_slope(values, peaks):.2f}")
-        ax.set_xticks(values, [str(v) for v in values])
-        ax.minorticks_off()
+        plain_log_ticks(ax, values)
         fixed = ", ".join(f"{k}={sizes[k]}" for k in ("l", "n_l", "d_ff") if k != name)
         ax.set(xlabel=labels[name], ylabel="peak MB (forward + backward)", title=f"against {name} ({fixed})")
         ax.title.set_fontsize(9)
@@ -546,6 +571,7 @@ def plot_bench_attention(rows, title=None):
         right.plot(lengths, peaks, style, label=model)
     for ax, label in ((left, "seconds per step (forward + backward)"), (right, "peak extra memory (MiB)")):
         ax.set(xlabel="sequence length L (batch = tokens / L)", ylabel=label, xscale="log", yscale="log")
+        plain_log_ticks(ax, sorted({r["length"] for r in rows}))
         ax.grid(alpha=0.3, which="both")
     left.legend(fontsize=8)
     if title:

@@ -29,6 +29,7 @@ class FigureWidget:
         self.output = widgets.Output()
         self.extra = list(extra)
         for control in self.controls.values():
+            control.layout.width = "100%"  # the whole column, so no description is cut off
             control.observe(lambda _: self.update(), names="value")
         self.update()
 
@@ -37,7 +38,8 @@ class FigureWidget:
 
     def update(self):
         self.figure, self.summary = self.draw(**self.values())
-        self.text.value = f"<code>{self.summary}</code>"
+        # a readable paragraph that wraps in the control column (not a one-line <code> span)
+        self.text.value = f'<p style="font-size: 14px; line-height: 1.45; white-space: normal">{self.summary}</p>'
         png = io.BytesIO()
         self.figure.savefig(png, format="png", dpi=80)
         with self.output:  # a PNG, so the picture shows whatever matplotlib backend the kernel has
@@ -88,7 +90,7 @@ class HashRotationWidget(FigureWidget):
             "n_points": widgets.IntSlider(n_points, min=4, max=400, step=4, description="points", style=style),
             "seed": widgets.IntText(seed, description="points seed", style=style),
             "angle": widgets.FloatSlider(0.0, min=0.0, max=360.0, step=5.0, description="angle (°)", style=style),
-            "random_rotation": widgets.Checkbox(False, description="Gaussian R instead of an angle", style=style),
+            "random_rotation": widgets.Checkbox(False, description="Gaussian R instead of an angle", indent=False),
         }, extra=[button])
 
     def draw(self, **values):
@@ -132,7 +134,7 @@ class LSHStepWidget(FigureWidget):
         super().__init__({
             "stage": stage,
             "n_rounds": widgets.IntSlider(n_rounds, min=1, max=4, description="n_rounds", style=style),
-            "causal": widgets.Checkbox(False, description="causal", style=style),
+            "causal": widgets.Checkbox(False, description="causal mask", indent=False),
             "seed": widgets.IntText(seed, description="seed", style=style),
         }, extra=[play])
 

@@ -88,7 +88,10 @@ def test_lsh_step_widget_walks_every_stage():
     assert [s.split(" · ")[1].split(":")[0] for s, _ in seen] == list(LSH_STAGES)
     assert len({picture for _, picture in seen}) == len(LSH_STAGES)  # every stage draws something new
     widget.controls["n_rounds"].value = 3
-    assert len(widget.figure.axes) == 2  # the last stage: LSH combined next to full attention
+    panels = [ax for ax in widget.figure.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2  # the last stage: LSH combined next to full attention, ...
+    assert len(widget.figure.axes) == 3  # ... with one colour bar for both
+    assert all(ax.get_xlabel() == "key (position)" and ax.get_ylabel() == "query (position)" for ax in panels)
     widget.controls["stage"].value = 0
     assert len(widget.figure.axes) == 3  # one strip per round
     with pytest.raises(ValueError, match="stage must be an index"):
