@@ -19,13 +19,14 @@ What is measured, and why the layers alone, is explained where those functions b
 
 import gc
 import re
+import statistics
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
 from .checks import check_int
-from .measure import cpu_threads, format_table as _table, si, time_step
+from .measure import cpu_threads, format_table as _table, interleaved, resolve_device, si, time_step
 from .memory import StoragePeak, saved_activation_bytes
 from .model import ReformerLM
 
@@ -352,6 +353,28 @@ def scaling_experiment(names=("l", "n_l", "d_ff"), **sizes):
     return {name: (SCALING_SWEEPS[name][0], memory_scaling(SCALING_SWEEPS[name][1], name, SCALING_SWEEPS[name][0],
                                                            **sizes))
             for name in names}
+
+
+STEP_TIME_MODELS = ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")
+STEP_TIME_SIZES = dict(b=1, d_model=64, d_ff=256, n_h=4, n_l=2, n_r=2, chunk_len=64, ff_chunk_size=128)
+
+
+def step_time_experiment(lengths=(256, 4096), models=STEP_TIME_MODELS, *, repeats=3, device=None, **sizes):
+    """Seconds per training step (forward + backward of the layer stack) of each model at each length: the
+    median of ``repeats``, the models' steps taken in turn (:func:`minireformer.measure.interleaved`), so a busy
+    machine slows them alike. Sizes default to :data:`STEP_TIME_SIZES`. ``{model: [seconds per length]}``;
+    timings, so they differ from run to run and machine to machine (lesson 03 prints them, asserts nothing)."""
+    sizes = {**STEP_TIME_SIZES, **sizes}
+    device = resolve_device(device)
+    times = {model: [] for model in models}
+    for length in lengths:
+        x = torch.randn(sizes["b"], length, sizes["d_model"], generator=torch.Generator().manual_seed(0)).to(device)
+        x.requires_grad_()
+        stacks = {model: build_variant(model, **dict(sizes, l=length)).to(device) for model in models}
+        steps = {model: lambda stack=stack: stack(x).sum().backward() for model, stack in stacks.items()}
+        for model, seconds in interleaved(steps, repeats, device).items():
+            times[model].append(statistics.median(seconds))
+    return times
 
 
 # ---- the command line: python -m minireformer table --measure ------------------------------------------------

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import lsh
 from .attention import FullSelfAttention, LSHSelfAttention
 from .chunking import FeedForward
-from .hashing import clustered_vectors, hash_vectors, random_rotations
+from .hashing import clustered_vectors, hash_block, hash_vectors, random_rotations
 from .measure import interleaved, resolve_device
 from .memory import peak_memory, saved_activation_bytes
 from .model import PreNorm
@@ -224,3 +224,24 @@ def chunk_memory_experiment(n_chunks=(1, 2, 4, 8, 16), *, length=1024, d_model=3
     sizes = [math.ceil(length / n) for n in n_chunks]
     return {"chunked, each chunk checkpointed": [peak_memory(checkpointed, size) for size in sizes],
             "plain loop over the chunks": [peak_memory(plain_loop, size) for size in sizes]}
+
+
+def hash_sort_times(lengths, *, d=64, chunk_len=64, n_buckets=None, repeats=3, seed=0):
+    """Where LSH attention's time goes as L grows (lesson 05): seconds (median of ``repeats``) of one round's
+    hash (:func:`~minireformer.hashing.hash_block`, the fast path's: ``L x d`` times ``d x n_buckets/2``), its sort
+    (:func:`~minireformer.lsh.sort_by_bucket`) and the whole forward pass of :func:`~minireformer.lsh.lsh_attention`,
+    on one head ``[L, d]``. ``n_buckets=None`` is the paper's ``2 L / chunk_len``, so the hash does
+    ``L * d * L / chunk_len`` multiply-adds: quadratic in L. Returns ``{"hash", "sort", "attention"}``
+    -> [seconds per length]."""
+    g = torch.Generator().manual_seed(seed)
+    times = {"hash": [], "sort": [], "attention": []}
+    for length in lengths:
+        x = torch.randn(1, length, d, generator=g)
+        rotations = random_rotations(d, n_buckets or 2 * max(1, length // chunk_len), generator=g)
+        buckets = hash_block(x, rotations)
+        steps = {"hash": lambda: hash_block(x, rotations), "sort": lambda: lsh.sort_by_bucket(buckets),
+                 "attention": lambda: lsh.lsh_attention(x, x, rotations, chunk_len=chunk_len)}
+        for name, seconds in interleaved(steps, repeats).items():
+            times[name].append(statistics.median(seconds))
+    return times
+

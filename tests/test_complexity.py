@@ -236,3 +236,22 @@ def test_table_command_measure_rejects_c(capsys):
     with pytest.raises(SystemExit):
         main(["table", "--measure", "--c", "64"])
     assert "--c cannot be set with --measure" in capsys.readouterr().err
+
+
+def test_step_time_experiment_takes_the_median_of_interleaved_steps_per_model_and_length(monkeypatch):
+    from minireformer import complexity
+
+    calls = []
+
+    def fake_interleaved(steps, repeats, device):  # runs each step once, reports fixed times
+        calls.append((sorted(steps), repeats))
+        for step in steps.values():
+            step()
+        return {name: [3.0, 1.0, 2.0 + i] for i, name in enumerate(steps)}
+
+    monkeypatch.setattr(complexity, "interleaved", fake_interleaved)
+    times = complexity.step_time_experiment((32, 64), repeats=3, d_model=16, d_ff=32, n_h=2, chunk_len=16,
+                                            ff_chunk_size=16)
+    assert list(times) == list(complexity.STEP_TIME_MODELS)
+    assert calls == [(sorted(complexity.STEP_TIME_MODELS), 3)] * 2  # one interleaved round per length
+    assert times == {name: [min(3.0, 2.0 + i)] * 2 for i, name in enumerate(complexity.STEP_TIME_MODELS)}

@@ -61,3 +61,33 @@ def test_top_k_recall_counts_found_top_keys():
         assert abs(top_k_recall(qk, rotations, k=3, chunk_len=8, causal=causal).item() - found / total) < 1e-12
     many = random_rotations(8, 4, 8, generator=g, dtype=torch.float64)
     assert top_k_recall(qk, many, k=3, chunk_len=8) > top_k_recall(qk, rotations[:1], k=3, chunk_len=8)
+
+
+def test_hash_sort_times_hash_with_the_papers_bucket_count(monkeypatch):
+    from minireformer import hashing
+
+    seen = {}
+
+    def fake_interleaved(steps, repeats):
+        seen.setdefault("hash", []).append(steps["hash"]())  # the buckets the timed hash computes
+        return {name: [float(repeats)] for name in steps}
+
+    monkeypatch.setattr(lab, "interleaved", fake_interleaved)
+    times = lab.hash_sort_times((64, 256), d=8, chunk_len=16, repeats=2)
+    assert times == {"hash": [2.0, 2.0], "sort": [2.0, 2.0], "attention": [2.0, 2.0]}
+    for length, buckets in zip((64, 256), seen["hash"]):
+        assert buckets.shape == (1, 1, length)
+        assert buckets.max() < 2 * length // 16  # n_buckets = 2 L / chunk_len
+    assert seen["hash"][1].max() >= 16  # more buckets at the longer length: the hash grows as L^2
+    assert hashing.hash_block is lab.hash_block
+
+
+def test_the_causal_mask_keeps_original_positions_and_its_picture_shows_them():
+    walk = lab.lsh_walkthrough(causal=True)
+    for r in range(walk["buckets"].shape[0]):
+        allowed, pos = walk["allowed_sorted"][r], walk["sorted_pos"][r]
+        assert (pos[None, :].expand_as(allowed)[allowed] <= pos[:, None].expand_as(allowed)[allowed]).all()
+    fig = plots.plot_causal_mask(walk)
+    right = fig.axes[1].images[0].get_array()  # the permitted pairs in original order
+    assert (torch.as_tensor(right.data).triu(1) == 0).all() and right.sum() == walk["allowed_sorted"][0].sum()
+    assert fig.axes[1].get_xlabel() == "key (position)"
