@@ -20,6 +20,7 @@ Shapes: tokens ``[batch, seq_len + 1]`` (the model reads ``seq_len``, predicts t
 """
 
 import json
+from dataclasses import asdict
 from functools import partial
 
 import torch
@@ -27,11 +28,12 @@ from tqdm.auto import tqdm
 
 from . import plan
 from .checks import check_int
-from .measure import GiB, MiB, Stopwatch, binary_bytes, linear_quadratic, resolve_device, timings
+from .measure import (RECORDS, GiB, MiB, Stopwatch, binary_bytes, linear_quadratic, machine, resolve_device,
+                      timings)
 from .memory import OUT_OF_MEMORY, peak_within
 from .model import ReformerConfig, ReformerLM
 from .scale import current_scale
-from .train import Trainer, TrainConfig, sequence_loss
+from .train import CheckpointError, Trainer, TrainConfig, save_atomically, sequence_loss
 
 # The models compared: one size (see settings), these switches. "Transformer" is the ordinary one (separate Q
 # and K through PyTorch's fused attention kernel); "shared-QK Transformer" writes its [L, L] scores out, as
@@ -47,6 +49,14 @@ FIGURE3 = ("Transformer", "shared-QK Transformer", "reversible Transformer")  # 
 SWEEP = ("Reformer", "shared-QK Transformer", "Transformer")
 
 
+# The small Reformer whose weights ship with the course (minireformer/records/sampler.pt, about 2 MB), so that
+# lesson 07 samples words and not only the byte statistics of a hundred steps: `longseq --parts sampler`.
+SAMPLER_SETTINGS = {"sampler": dict(
+    model=dict(d_model=128, n_heads=4, d_ff=256, n_layers=3, chunk_len=32, n_rounds=2),
+    train=dict(seq_len=128, batch_size=16, steps=2500, lr=2e-3, warmup=100, eval_every=250, eval_batches=8))}
+SAMPLER = RECORDS / "sampler.pt"
+
+
 def settings(scale=None):
     """The sizes of the experiments at ``scale`` (``quick``/``full``; default: :func:`~minireformer.scale.current_scale`).
 
@@ -59,12 +69,14 @@ def settings(scale=None):
         return {
             "scale": "quick",
             "model": model,
-            "train": dict(seq_len=256, batch_size=8, steps=100, lr=3e-3, warmup=10, eval_every=20, eval_batches=2),
+            "train": dict(seq_len=256, batch_size=8, steps=100, lr=3e-3, warmup=10, eval_every=10, eval_batches=2),
             "sweep": dict(lengths=(256, 512, 1024, 2048, 4096, 8192), batch_size=1, memory_budget=512 * MiB,
                           time_budget=20.0),
             "long": dict(model=dict(model, axial_shape=(32, 64)),
                          train=dict(seq_len=2048, batch_size=1, steps=40, lr=3e-3, warmup=10, eval_every=20,
                                     eval_batches=1)),
+            "seeds": (0, 1, 2),  # Figure 3: every curve from three seeds, drawn with their spread
+            **SAMPLER_SETTINGS,
         }
     # One GPU: the enwik8 set-up of the paper at 6 layers (it used 12, d_model 1024, batch 8 on 8 devices).
     model = dict(d_model=512, n_heads=8, d_ff=2048, n_layers=6, chunk_len=64, n_rounds=4)
@@ -78,6 +90,8 @@ def settings(scale=None):
         "long": dict(model=dict(model, axial_shape=(256, 256)),
                      train=dict(seq_len=65536, batch_size=1, steps=2000, lr=5e-4, warmup=200, eval_every=200,
                                 eval_batches=4)),
+        "seeds": (0, 1, 2),
+        **SAMPLER_SETTINGS,
     }
 
 
@@ -141,6 +155,38 @@ def format_curves(curves):
 
 
 # ---- memory and speed vs length --------------------------------------------------------------------------------
+def seeded_curves(models, seeds, **options):
+    """:func:`learning_curves` once per seed: ``[curves of seeds[0], curves of seeds[1], ...]`` (Figure 3 with
+    its seed-to-seed spread)."""
+    return [learning_curves(models, seed=seed, **options) for seed in seeds]
+
+
+def train_sampler(path=SAMPLER, *, progress=True):
+    """Train the shipped sampling Reformer (``settings()["sampler"]``, on the standard library's source) and
+    save its configuration, weights and learning curve to ``path`` (atomically). Returns the curve."""
+    s = SAMPLER_SETTINGS["sampler"]
+    curve = learning_curves({"Reformer": VARIANTS["Reformer"]}, model=s["model"], train=s["train"],
+                            progress=progress)["Reformer"]
+    model = curve.pop("trainer").model
+    save_atomically({"format": "minireformer-weights-1", "model_config": asdict(model.config),
+                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "curve": curve,
+                     "command": "python -m minireformer longseq --parts sampler", "machine": machine()}, path)
+    return curve
+
+
+def load_sampler(path=SAMPLER):
+    """The model saved by :func:`train_sampler`, in eval mode, and its learning curve: ``(model, curve)``."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = ReformerLM(config=ReformerConfig(**saved["model_config"]))
+        model.load_state_dict(saved["model"])
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist: python -m minireformer longseq --parts sampler writes it") from None
+    except Exception as error:  # truncated file, another format, or weights of another shape
+        raise CheckpointError(f"{path} is not a minireformer sampler ({type(error).__name__}: {error})") from None
+    return model.eval(), saved["curve"]
+
+
 def training_step(model, tokens):
     """Forward and backward of one next-byte step on ``tokens [B, L + 1]`` (bf16 autocast on CUDA), gradients
     set afresh (the optimizer's own state is parameter-sized, the same at every length, and left out)."""
@@ -260,7 +306,7 @@ def sweep_series(rows, key="peak_bytes"):
 
 
 # ---- the command: python -m minireformer longseq ----------------------------------------------------------------
-PARTS = ("curves", "figure3", "sweep", "long")
+PARTS = ("curves", "figure3", "sweep", "long", "sampler")
 
 
 def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None, out=None, progress=True):
@@ -293,6 +339,12 @@ def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None,
                   f"{'the device' if budget is None else binary_bytes(budget)}")
             print(format_sweep(rows))
             results["sweep"] = rows
+        elif part == "sampler":
+            curve = train_sampler(progress=progress)
+            print(f"\nsampler: {curve['parameters']:,} parameters, held-out bits per byte "
+                  f"{curve['bits_per_byte'][0]:.2f} -> {curve['bits_per_byte'][-1]:.2f} in {curve['seconds']:.0f} s; "
+                  f"wrote {SAMPLER}")
+            results["sampler"] = curve
         else:
             long = s["long"]
             curves = learning_curves({"Reformer": VARIANTS["Reformer"]}, model=long["model"], train=long["train"],
@@ -311,7 +363,8 @@ def add_arguments(parser):
     """The options of ``python -m minireformer longseq``; returns ``parser``."""
     parser.description = ("Lesson 07's experiments: Reformer vs Transformer learning curves on bytes, the paper's "
                           "Figure 3 (shared-QK, reversible), peak memory and tokens/s against the sequence length, "
-                          "and (--parts long) a Reformer on 64K-byte sequences at full scale.")
+                          "(--parts long) a Reformer on 64K-byte sequences at full scale, and (--parts sampler) the "
+                          "small Reformer whose weights ship with lesson 07.")
     parser.add_argument("--scale", choices=["quick", "full"],
                         help="quick: small, for a CPU; full: the GPU set-up (default: full when CUDA is present)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=["curves", "figure3", "sweep"],

@@ -148,3 +148,29 @@ def test_command_line_help_and_a_bad_budget(capsys):
     with pytest.raises(SystemExit) as done:
         main(["longseq", "--memory-budget", "0"])
     assert done.value.code == 2 and "--memory-budget must be a positive number" in capsys.readouterr().err
+
+
+def test_the_sampler_is_saved_and_loaded_and_a_bad_file_is_named(tmp_path, monkeypatch):
+    from minireformer.train import CheckpointError
+
+    tiny = {"sampler": dict(model=dict(TINY), train=dict(seq_len=32, batch_size=2, steps=2, lr=1e-3, warmup=1,
+                                                          eval_every=1, eval_batches=1))}
+    monkeypatch.setattr(longseq, "SAMPLER_SETTINGS", tiny)
+    curve = longseq.train_sampler(tmp_path / "sampler.pt", progress=False)
+    model, saved_curve = longseq.load_sampler(tmp_path / "sampler.pt")
+    assert saved_curve == curve and not model.training and model.config.d_model == TINY["d_model"]
+    tokens = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    assert model(tokens).shape == (1, 16, 256)
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="is not a minireformer sampler"):
+        longseq.load_sampler(tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="longseq --parts sampler writes it"):
+        longseq.load_sampler(tmp_path / "missing.pt")
+
+
+def test_the_shipped_sampler_loads_and_learned_what_its_record_says():
+    model, curve = longseq.load_sampler()
+    assert model.config == ReformerConfig(**dict(longseq.SAMPLER_SETTINGS["sampler"]["model"], vocab_size=256,
+                                                 max_len=128))
+    assert curve["bits_per_byte"][-1] < 2.6  # words, not only byte statistics (lesson 07 samples from it)
+    assert longseq.SAMPLER.stat().st_size < 5 * 2**20
