@@ -379,19 +379,22 @@ def test_compile_traces_the_model_and_trains_as_eager():
         assert compiled.train_step() == pytest.approx(eager.train_step(), rel=1e-6)
 
 
-def test_the_committed_quick_table2_is_a_run_of_todays_quick_configuration_and_shows_the_trends():
+@pytest.mark.parametrize("name, seed", [("table2_quick.json", 0), ("table2_quick_seed1.json", 1)])
+def test_the_committed_quick_table2_is_a_run_of_todays_quick_configuration_and_shows_the_trends(name, seed):
     from minireformer.experiments import describe_scale, table2_trends
 
-    run = read_run("table2_quick.json")
+    run = read_run(name)
     assert run["scale"] == "quick" and run["setting"] == describe_scale("quick")  # not a stale configuration
     assert run["command"].startswith("python -m minireformer duplication --scale quick")
+    assert ("--seed 1" in run["command"]) == (seed == 1)
     table = run["results"]
     assert list(table) == list(PAPER_TABLE2) and all(list(row) == list(PAPER_TABLE2["full"]) for row in table.values())
     trends = table2_trends(table)
-    # three of the paper's four trends hold; the fourth (LSH-4 over LSH-2 training, evaluated with LSH-1) does
-    # not, here or in any configuration tried (lesson 06, section 7, says why)
-    assert [claim for claim, holds in trends.items() if not holds] == ["with LSH-1, more training rounds score higher"]
-    assert table["lsh-4"]["lsh-1"] < table["lsh-2"]["lsh-1"] and table["lsh-2"]["lsh-1"] > table["lsh-1"]["lsh-1"]
+    # the paper's trends hold, but for LSH-4 over LSH-2 training evaluated with LSH-1, which is a tie within
+    # the seeds' spread here (lesson 06, section 7): seed 0 misses its one point of slack by 0.4
+    assert all(holds for claim, holds in trends.items() if claim != "with LSH-1, more training rounds score higher")
+    assert abs(table["lsh-4"]["lsh-1"] - table["lsh-2"]["lsh-1"]) < 0.02
+    assert table["lsh-2"]["lsh-1"] > table["lsh-1"]["lsh-1"] + 0.1
     assert run["wall_s"] <= 600  # the whole 4 x 5 table in ten minutes on the 2-core CPU it names
 
 
