@@ -352,8 +352,8 @@ def plot_figure3(runs, baseline="Transformer", shared="shared-QK Transformer", r
                                                                         "reversible vs ordinary residuals")):
         pair = {name: torch.tensor([run[name]["bits_per_byte"] for run in runs]) for name in (baseline, other)}
         for i, (name, bits) in enumerate(pair.items()):
-            ax.fill_between(steps, bits.amin(0), bits.amax(0), color=f"C{i}", alpha=0.25, lw=0)
-            ax.plot(steps, bits.mean(0), "o-", ms=3, color=f"C{i}", label=f"{name} ({bits[:, -1].mean():.2f})")
+            ax.fill_between(steps, bits.amin(0).numpy(), bits.amax(0).numpy(), color=f"C{i}", alpha=0.25, lw=0)
+            ax.plot(steps, bits.mean(0).numpy(), "o-", ms=3, color=f"C{i}", label=f"{name} ({bits[:, -1].mean():.2f})")
         shown = torch.cat([bits[:, late] for bits in pair.values()])
         ax.set(xlim=(steps[late[0]], None), ylim=(shown.min() - 0.05, shown.max() + 0.05), xlabel="training step",
                ylabel="bits per byte (held out)", title=f"{title}: mean and range of {len(runs)} seeds")
@@ -407,7 +407,7 @@ def plot_duplication_batch(tokens, *, n_symbols=127):
     n, length = tokens.shape
     fig = Figure(figsize=(9, 0.45 * n + 1.4), layout="constrained")
     ax = fig.add_subplot()
-    ax.imshow(tokens, cmap="viridis", vmin=0, vmax=n_symbols, aspect="auto", interpolation="nearest")
+    ax.imshow(tokens.numpy(), cmap="viridis", vmin=0, vmax=n_symbols, aspect="auto", interpolation="nearest")
     ax.axvline(length / 2 - 0.5, color="white", lw=2)
     for row in range(n):
         for col in (0, length // 2):
@@ -444,7 +444,7 @@ def plot_duplication_attention(weights, *, title="where each query attends"):
     half = (length + 1) // 2  # the model reads L - 1 tokens of a sequence of even length L
     fig = Figure(figsize=(5.6, 5), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(weights, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    image = ax.imshow(torch.as_tensor(weights).numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     queries = torch.arange(half, length)
     ax.plot(queries - half + 1, queries, "--", color="C0", lw=1, label="copy position t - L/2 + 1")
     ax.set(xlabel="key position", ylabel="query position", title=title)
@@ -461,7 +461,7 @@ def plot_table2(ours, paper):
     for k, (name, table) in enumerate((("ours", ours), ("paper", paper))):
         ax = fig.add_subplot(1, 2, k + 1)
         values = torch.tensor([[100 * table[r][c] for c in cols] for r in rows])
-        ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        ax.imshow(values.numpy(), cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
         for i in range(len(rows)):
             for j in range(len(cols)):
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=9)
