@@ -101,6 +101,34 @@ def hash_block(x, rotations):
         return torch.where(upper, first, first + half).view(b, l, n_rounds).transpose(1, 2)
 
 
+def check_bucket_factors(factors):
+    """Raise a ValueError unless ``factors`` is a tuple or list of even integers >= 2 (factorized buckets)."""
+    if not isinstance(factors, (tuple, list)) or not factors:
+        raise ValueError(f"bucket_factors must be a tuple of even integers >= 2, got {factors!r}")
+    for n in factors:
+        check_n_buckets(n)
+
+
+def hash_factorized(x, rotations, factors, hash_fn=hash_vectors):
+    """Factorized buckets (trax; HF's ``num_buckets=[n_1, n_2]``): ``n_1 n_2`` buckets from ``(n_1 + n_2) / 2``
+    rotated coordinates instead of ``n_1 n_2 / 2``.
+
+    The columns of R are split into groups of ``n_i / 2``; each group hashes on its own,
+    ``h_i(x) = argmax([x R_i; -x R_i])`` in ``[0, n_i)``, and the ids are read as the digits of one number,
+    the first group the lowest digit: ``h(x) = h_1 + n_1 (h_2 + n_2 (h_3 + ...))``.
+    ``rotations [..., d, sum(factors) / 2]`` as for ``hash_fn`` (:func:`hash_vectors`, or :func:`hash_block`); returns ids in ``[0, prod(factors))``.
+    """
+    check_bucket_factors(factors)
+    if sum(factors) != 2 * rotations.shape[-1]:
+        raise ValueError(f"rotations must have sum(bucket_factors) / 2 = {sum(factors) // 2} columns for "
+                         f"bucket_factors {tuple(factors)}, got {rotations.shape[-1]}")
+    buckets, base, start = 0, 1, 0
+    for n in factors:
+        buckets = buckets + base * hash_fn(x, rotations[..., start : start + n // 2])
+        base, start = base * n, start + n // 2
+    return buckets
+
+
 def _first_true(hits):
     """Index of the first True along the last dim (argmax takes no bools; the same bytes read as uint8)."""
     return hits.view(torch.uint8).argmax(dim=-1)

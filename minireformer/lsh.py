@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from minireformer.checks import check_int
-from minireformer.hashing import hash_block
+from minireformer.hashing import check_bucket_factors, hash_block, hash_factorized
 
 SELF_BIAS = 1e5  # the paper's m_ii: attend to yourself only when there is nobody else
 BLOCK_SCORES = 1 << 20  # the fast path works on blocks of chunks holding about this many scores (CPU)
@@ -62,7 +62,8 @@ HASH_BLOCK = 1 << 21  # and hashes blocks of positions with about this many rota
 
 # ---- the steps, each callable on its own -----------------------------------------------------------------
 def pad_buckets(buckets, chunk_len, n_buckets):
-    """Pad ``[..., L]`` bucket ids to a multiple of ``chunk_len`` with bucket ``n_buckets`` (sorts last)."""
+    """Pad ``[..., L]`` bucket ids to a multiple of ``chunk_len`` (or of any length) with bucket ``n_buckets``
+    (sorts last)."""
     pad = -buckets.shape[-1] % chunk_len
     return F.pad(buckets, (0, pad), value=n_buckets) if pad else buckets
 
@@ -260,10 +261,15 @@ def keep_probabilities():
         yield
 
 
-def _buckets(qk, rotations):
+def _n_buckets(rotations, factors):
+    return math.prod(factors) if factors else 2 * rotations.shape[-1]
+
+
+def _buckets(qk, rotations, factors=None):
     """The buckets of ``qk [b, L, d]``, ``[b, n_rounds, L]``: played back from a tape (:func:`replaying_buckets`),
-    or hashed (:func:`~minireformer.hashing.hash_block`, a slice of positions at a time) and, while recording, appended to the tape."""
-    shape, n_buckets = (qk.shape[0], rotations.shape[-3], qk.shape[1]), 2 * rotations.shape[-1]
+    or hashed (:func:`~minireformer.hashing.hash_block`, a slice of positions at a time; with ``factors``
+    :func:`~minireformer.hashing.hash_factorized`) and, while recording, appended to the tape."""
+    shape, n_buckets = (qk.shape[0], rotations.shape[-3], qk.shape[1]), _n_buckets(rotations, factors)
     if _CHANNEL.tape is not None and _CHANNEL.replay:
         return _play(_CHANNEL.tape, shape, n_buckets)
     # With the paper's n_buckets = 2L / chunk_len all the rotated vectors [b, r, L, n_buckets / 2] would take
@@ -272,7 +278,9 @@ def _buckets(qk, rotations):
     buckets = qk.new_empty(shape, dtype=torch.long)
     rows = max(1, HASH_BLOCK // max(1, qk.shape[0] * rotations.shape[-3] * rotations.shape[-1]))
     for start in range(0, qk.shape[1], rows):
-        buckets[..., start : start + rows] = hash_block(qk[:, start : start + rows], rotations)
+        x = qk[:, start : start + rows]
+        buckets[..., start : start + rows] = hash_factorized(x, rotations, factors, hash_block) if factors else \
+            hash_block(x, rotations)
     if _CHANNEL.tape is not None:  # recording: in the smallest integer type that holds the ids
         small = torch.uint8 if n_buckets <= 256 else torch.int16 if n_buckets <= 2**15 else torch.int32
         _CHANNEL.tape.append(buckets.to(small))
@@ -437,7 +445,7 @@ class _ChunkedAttention(torch.autograd.Function):
         return grad_q, grad_v, None, None
 
 
-def _check(qk, v, rotations, chunk_len, look_back):
+def _check(qk, v, rotations, chunk_len, look_back, bucket_factors=None, pad_multiple=None):
     for name, x in (("qk", qk), ("v", v)):
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
@@ -448,6 +456,13 @@ def _check(qk, v, rotations, chunk_len, look_back):
         raise TypeError(f"qk and v must share dtype and device, "
                         f"got {qk.dtype} on {qk.device} and {v.dtype} on {v.device}")
     check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
+    if pad_multiple is not None and check_int("pad_multiple", pad_multiple) % chunk_len:
+        raise ValueError(f"pad_multiple must be a multiple of chunk_len={chunk_len}, got {pad_multiple}")
+    if bucket_factors is not None:
+        check_bucket_factors(bucket_factors)
+        if torch.is_tensor(rotations) and sum(bucket_factors) != 2 * rotations.shape[-1]:
+            raise ValueError(f"bucket_factors {tuple(bucket_factors)} need rotations with sum(bucket_factors) / 2 = "
+                             f"{sum(bucket_factors) // 2} columns, got {rotations.shape[-1]}")
     if not torch.is_tensor(rotations) or rotations.dim() < 3 or rotations.shape[-2] != qk.shape[-1] or \
             not _broadcasts(rotations.shape[:-3], qk.shape[:-2]):
         got = tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__
@@ -483,8 +498,9 @@ def _unbatched(like, out, attn=None):
     return out if attn is None else (out, attn.to(like.dtype).reshape(*like.shape[:-1], like.shape[-2]))
 
 
-def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
-                  dedup=False, return_attention=False, scale=None, concat_rounds=False, key_eps=None):
+def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True, dedup=False,
+                  return_attention=False, scale=None, concat_rounds=False, key_eps=None, bucket_factors=None,
+                  pad_multiple=None):
     """Multi-round LSH attention, the fast way: memory O(b * n_rounds * L * chunk_len), no L x L tensor.
 
     qk, v: ``[..., L, d]`` (shared query/key vectors and values); rotations: ``[n_rounds, d, n_buckets // 2]``
@@ -497,17 +513,21 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
     first chunk looks back into the last chunk of the round before (and round 0 into the last round), a
     copy of the query itself there counting as itself; by default each round wraps around on its own.
     ``key_eps``: keys ``q / sqrt(|q|^2 + d key_eps)`` (:func:`key_norms`; trax and HF: 1e-6) instead of ``q / |q|``.
+    ``bucket_factors``: factorized buckets (HF's ``num_buckets=[n_1, n_2]``,
+    :func:`~minireformer.hashing.hash_factorized`), ``prod(bucket_factors)`` of them, the rotations' last dim ``sum(bucket_factors) / 2``. ``pad_multiple``: pad the
+    sequence to a multiple of this (a multiple of ``chunk_len``; HF pads to the least common multiple of its
+    layers' chunk lengths) instead of ``chunk_len``: the padding decides which chunk a window wraps around to.
     Returns ``[..., L, d]``, and with ``return_attention=True`` also the (detached) dense weights
     ``[..., L, L]``, summed over rounds with their combination weights (for pictures and tests at small L).
     """
-    _check(qk, v, rotations, chunk_len, look_back)
+    _check(qk, v, rotations, chunk_len, look_back, bucket_factors, pad_multiple)
     if dedup and concat_rounds:
         raise ValueError("dedup counts each round's window on its own: it cannot be combined with concat_rounds")
     given, qk, v, rotations = qk, _batched(qk), _batched(v), _per_row(rotations, qk.shape[:-2])  # [b, L, d]
     b, length, d = qk.shape
-    buckets = _buckets(qk, rotations)  # [b, r, L]
+    buckets = _buckets(qk, rotations, bucket_factors)  # [b, r, L]
     with torch.autocast(qk.device.type, enabled=False):
-        buckets = pad_buckets(buckets, chunk_len, 2 * rotations.shape[-1])  # [b, r, Lp]
+        buckets = pad_buckets(buckets, pad_multiple or chunk_len, _n_buckets(rotations, bucket_factors))  # [b, r, Lp]
         padded = buckets.shape[-1]
         plan = _Plan(buckets, length=length, chunk_len=chunk_len, look_back=look_back, causal=causal,
                      same_bucket_only=same_bucket_only, dedup=dedup, scale=scale, concat_rounds=concat_rounds,
@@ -528,15 +548,17 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
 
 
 def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_back=1, same_bucket_only=True,
-                            dedup=False, return_attention=False, scale=None, concat_rounds=False, key_eps=None):
+                            dedup=False, return_attention=False, scale=None, concat_rounds=False, key_eps=None,
+                            bucket_factors=None, pad_multiple=None):
     """The same attention the slow, obvious way: per round an explicit ``[L, L]`` count of the copies of each
     key in each query's window, from the same bucket ids and windows (0 or 1, but 2 when ``concat_rounds``
     brings a key in again from the round before), a dense masked softmax, rounds combined by their logsumexp."""
-    _check(qk, v, rotations, chunk_len, look_back)
+    _check(qk, v, rotations, chunk_len, look_back, bucket_factors, pad_multiple)
     given, qk, v, rotations = qk, _batched(qk), _batched(v), _per_row(rotations, qk.shape[:-2])  # [b, L, d]
     b, length, d = qk.shape
-    buckets = _buckets(qk, rotations)  # [b, r, L]
-    n_rounds, n_chunks = buckets.shape[1], -(-length // chunk_len)
+    buckets = _buckets(qk, rotations, bucket_factors)  # [b, r, L]
+    multiple = pad_multiple or chunk_len  # the padded length, in chunks
+    n_rounds, n_chunks = buckets.shape[1], -(-length // multiple) * multiple // chunk_len
     axis = n_rounds * n_chunks if concat_rounds else n_chunks  # the chunks a window wraps around
     look_back = min(look_back, axis - 1)
     position = torch.arange(length, device=qk.device)

@@ -13,6 +13,12 @@ against. ``attention="full"`` swaps LSH attention for full attention with the sa
 :meth:`ReformerLM.use_attention` swaps it after training (the paper evaluates LSH-trained models with
 full attention and with other numbers of hash rounds). :meth:`ReformerLM.attention_weights` returns a
 layer's dense ``[B, n_heads, L, L]`` attention weights, to see where a trained model looks.
+
+The published Reformers (trax, HF transformers) differ from this default in documented options of
+:class:`ReformerConfig`, none of which changes the default model: ``layer_attention`` (LSH and local layers
+mixed), ``lsh_options`` / ``local_options`` (their conventions), ``pad_multiple``, ``d_head``, ``out_bias``,
+``axial_dims``, ``activation``, ``norm_eps`` and ``merge="concat"``. :func:`minireformer.hf.from_huggingface`
+sets them from an HF model and loads its weights.
 """
 
 from dataclasses import dataclass
@@ -20,14 +26,40 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .attention import FullSelfAttention, LSHSelfAttention
+from .attention import FullSelfAttention, LocalSelfAttention, LSHSelfAttention
 from .checks import check_int
-from .chunking import FeedForward
+from .chunking import ACTIVATIONS, FeedForward
 from .reversible import RevBlock, ReversibleSequence, duplicate, merge
+
+
+KINDS = ("lsh", "full", "local")
+LSH_OPTIONS = ("look_back", "same_bucket_only", "dedup", "scale", "key_eps", "concat_rounds", "rotations_per_head",
+               "hash_seed")
+LOCAL_OPTIONS = ("chunk_len", "look_back", "look_ahead")
 
 
 @dataclass
 class ReformerConfig:
+    """The model's options. The second group describes other implementations' models (HF's Reformer); their
+    defaults are this course's model:
+
+    - ``layer_attention``: each layer's attention, ``"lsh"``, ``"full"`` or ``"local"`` (HF's ``attn_layers``);
+      None: ``attention`` in every layer.
+    - ``local_options``: :class:`~minireformer.attention.LocalSelfAttention`'s ``chunk_len`` (64), ``look_back`` (1)
+      and ``look_ahead`` (0).
+    - ``lsh_options``: more keywords of :class:`~minireformer.attention.LSHSelfAttention` (``look_back``,
+      ``same_bucket_only``, ``dedup``, ``scale``, ``key_eps``, ``concat_rounds``, ``rotations_per_head``,
+      ``hash_seed``).
+    - ``pad_multiple``: chunked attention pads the sequence to a multiple of this (HF: the least common multiple of
+      its chunk lengths); None: each layer to a multiple of its own chunk length.
+    - ``d_head``: the heads' width (HF: ``n_heads * d_head`` need not be ``d_model``); None: ``d_model // n_heads``.
+    - ``out_bias``: whether the attention's output projection has a bias (HF's has none).
+    - ``axial_dims``: the widths of the row and column vectors of axial positions (HF's ``axial_pos_embds_dim``);
+      None: half and half.
+    - ``activation``: the feed-forward's, ``"gelu"`` or ``"relu"`` (HF's published models).
+    - ``norm_eps``: every LayerNorm's epsilon (HF: 1e-12).
+    """
+
     vocab_size: int
     d_model: int = 256
     n_heads: int = 4
@@ -37,7 +69,7 @@ class ReformerConfig:
     attention: str = "lsh"  # "lsh" or "full"
     n_rounds: int = 4
     chunk_len: int = 64
-    n_buckets: int | None = None  # None: the paper's 2 L / chunk_len
+    n_buckets: int | tuple | None = None  # None: the paper's 2 L / chunk_len; (n_1, n_2): factorized buckets
     reversible: bool = True
     ff_chunk_size: int | None = None  # None: the feed-forward runs on the whole sequence at once
     causal: bool = True
@@ -45,6 +77,15 @@ class ReformerConfig:
     shared_qk: bool = True  # full attention only: False uses separate Q and K (LSH needs Q = K)
     axial_shape: tuple | None = None  # (rows, cols) with rows * cols >= max_len: axial positions
     merge: str = "mean"  # how the two reversible streams become one: "mean" or "concat"
+    layer_attention: tuple | None = None
+    local_options: dict | None = None
+    lsh_options: dict | None = None
+    pad_multiple: int | None = None
+    d_head: int | None = None
+    out_bias: bool = True
+    axial_dims: tuple | None = None
+    activation: str = "gelu"
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         if self.attention not in ("lsh", "full"):
@@ -53,7 +94,9 @@ class ReformerConfig:
             raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len", "n_rounds", "chunk_len"):
             check_int(name, getattr(self, name))
-        if self.d_model % self.n_heads:
+        if self.d_head is not None:
+            check_int("d_head", self.d_head)
+        elif self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.axial_shape is not None:
             self.axial_shape = tuple(self.axial_shape)
@@ -62,14 +105,46 @@ class ReformerConfig:
                                  f"got {self.axial_shape}")
         if self.merge not in ("mean", "concat"):
             raise ValueError(f"merge must be 'mean' or 'concat', got {self.merge!r}")
+        self.check_other_options()
+
+    def kinds(self):
+        """Each layer's attention kind."""
+        return self.layer_attention or (self.attention,) * self.n_layers
+
+    def check_other_options(self):
+        if self.layer_attention is not None:
+            self.layer_attention = tuple(self.layer_attention)
+            if len(self.layer_attention) != self.n_layers or any(k not in KINDS for k in self.layer_attention):
+                raise ValueError(f"layer_attention must give each of the n_layers={self.n_layers} layers one of "
+                                 f"{KINDS}, got {self.layer_attention!r}")
+            if "lsh" in self.layer_attention and not self.shared_qk:
+                raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
+        for name, allowed in (("lsh_options", LSH_OPTIONS), ("local_options", LOCAL_OPTIONS)):
+            options = getattr(self, name)
+            if options is not None and (not isinstance(options, dict) or set(options) - set(allowed)):
+                raise ValueError(f"{name} must be a dict with keys among {allowed}, got {options!r}")
+        chunks = {"lsh": self.chunk_len, "full": 1, "local": (self.local_options or {}).get("chunk_len", 64)}
+        if self.pad_multiple is not None and any(check_int("pad_multiple", self.pad_multiple) % chunks[k]
+                                                 for k in self.kinds()):
+            raise ValueError(f"pad_multiple must be a multiple of every layer's chunk length "
+                             f"{sorted({chunks[k] for k in self.kinds()})}, got {self.pad_multiple}")
+        if self.axial_dims is not None:
+            self.axial_dims = tuple(self.axial_dims)
+            if len(self.axial_dims) != 2 or self.axial_shape is None or sum(self.axial_dims) != self.d_model:
+                raise ValueError(f"axial_dims must be (row width, column width) summing to d_model={self.d_model}, "
+                                 f"with axial_shape set, got {self.axial_dims!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be a number > 0, got {self.norm_eps!r}")
 
 
 class PreNorm(nn.Module):
     """``fn(LayerNorm(x))``: the residual branch of a pre-norm Transformer layer."""
 
-    def __init__(self, d_model, fn):
+    def __init__(self, d_model, fn, eps=1e-5):
         super().__init__()
-        self.norm, self.fn = nn.LayerNorm(d_model), fn
+        self.norm, self.fn = nn.LayerNorm(d_model, eps=eps), fn
 
     @property
     def positionwise_chunk_size(self):  # LayerNorm is position-wise: chunked when fn is (chunking.FeedForward)
@@ -91,13 +166,15 @@ class Block(nn.ModuleList):
 
 class AxialPositions(nn.Module):
     """Axial position embeddings (trax, HF): position p = (row, col) gets ``[row_emb[row]; col_emb[col]]``,
-    so ``rows * cols`` positions cost ``(rows + cols)`` vectors instead of ``rows * cols``."""
+    so ``rows * cols`` positions cost ``(rows + cols)`` vectors instead of ``rows * cols``. Row-major, as HF's:
+    ``row = p // cols``, ``col = p % cols``; ``dims`` the two vectors' widths (None: half and half)."""
 
-    def __init__(self, shape, d_model):
+    def __init__(self, shape, d_model, dims=None):
         super().__init__()
         rows, cols = shape
-        self.rows = nn.Parameter(torch.randn(rows, d_model // 2) * 0.02)
-        self.cols = nn.Parameter(torch.randn(cols, d_model - d_model // 2) * 0.02)
+        d_rows = d_model // 2 if dims is None else dims[0]
+        self.rows = nn.Parameter(torch.randn(rows, d_rows) * 0.02)
+        self.cols = nn.Parameter(torch.randn(cols, d_model - d_rows) * 0.02)
 
     def forward(self, length):
         position = torch.arange(length, device=self.rows.device)
@@ -127,26 +204,32 @@ class ReformerLM(nn.Module):
         # default N(0, 1) the positions would be 50 times smaller and, after LayerNorm, nearly invisible;
         # the duplication task, which is solved by position alone, then sits at chance for hundreds of steps.
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.positions = AxialPositions(c.axial_shape, c.d_model) if c.axial_shape else LearnedPositions(c.max_len, c.d_model)
+        self.positions = AxialPositions(c.axial_shape, c.d_model, c.axial_dims) if c.axial_shape else \
+            LearnedPositions(c.max_len, c.d_model)
         self.dropout = nn.Dropout(c.dropout)
-        layers = [(PreNorm(c.d_model, self.make_attention(c.attention)),
-                   PreNorm(c.d_model, FeedForward(c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size)))
-                  for _ in range(c.n_layers)]
+        layers = [(PreNorm(c.d_model, self.make_attention(kind), c.norm_eps),
+                   PreNorm(c.d_model, FeedForward(c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size,
+                                                  activation=c.activation), c.norm_eps))
+                  for kind in c.kinds()]
         if c.reversible:
             self.layers = ReversibleSequence([RevBlock(f, g) for f, g in layers])
         else:
             self.layers = nn.ModuleList([Block(pair) for pair in layers])
         width = 2 * c.d_model if c.reversible and c.merge == "concat" else c.d_model
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width, eps=c.norm_eps)
         self.head = nn.Linear(width, c.vocab_size)
 
     def make_attention(self, kind, n_rounds=None, attention_fn=None):
         c = self.config
+        shape = dict(causal=c.causal, dropout=c.dropout, d_head=c.d_head, out_bias=c.out_bias)
         if kind == "lsh":
             return LSHSelfAttention(c.d_model, c.n_heads, n_rounds=n_rounds or c.n_rounds, chunk_len=c.chunk_len,
-                                    n_buckets=c.n_buckets, causal=c.causal, dropout=c.dropout,
-                                    attention_fn=attention_fn)
-        return FullSelfAttention(c.d_model, c.n_heads, causal=c.causal, dropout=c.dropout, shared_qk=c.shared_qk)
+                                    n_buckets=c.n_buckets, attention_fn=attention_fn, pad_multiple=c.pad_multiple,
+                                    **shape, **(c.lsh_options or {}))
+        if kind == "local":
+            return LocalSelfAttention(c.d_model, c.n_heads, pad_multiple=c.pad_multiple, **shape,
+                                      **(c.local_options or {}))
+        return FullSelfAttention(c.d_model, c.n_heads, shared_qk=c.shared_qk, **shape)
 
     def attention_layers(self):
         """The ``PreNorm`` wrapper of every layer's attention, in order."""
@@ -156,8 +239,8 @@ class ReformerLM(nn.Module):
 
     def use_attention(self, kind, n_rounds=None, *, attention_fn=None):
         """Swap every layer's attention for ``kind`` ("lsh" or "full"), keeping its parameters (the same
-        tensors, so an optimizer keeps working); ``n_rounds`` sets the hash rounds of LSH attention, and
-        ``attention_fn`` a function to compute it with instead of :func:`~minireformer.lsh.lsh_attention` (see
+        tensors, so an optimizer keeps working; local layers stay as they are); ``n_rounds`` sets the hash rounds
+        of LSH attention, and ``attention_fn`` a function to compute it with instead of :func:`~minireformer.lsh.lsh_attention` (see
         :class:`~minireformer.attention.LSHSelfAttention`; lesson 02 trains with the learner's own)."""
         if kind not in ("lsh", "full"):
             raise ValueError(f"kind must be 'lsh' or 'full', got {kind!r}")
@@ -171,6 +254,8 @@ class ReformerLM(nn.Module):
             raise ValueError("this model has separate Q and K projections (shared_qk=False); LSH attention needs "
                              "one shared QK projection, so it cannot be swapped in")
         for wrapper in self.attention_layers():
+            if isinstance(wrapper.fn, LocalSelfAttention):
+                continue
             old, new = wrapper.fn, self.make_attention(kind, n_rounds, attention_fn)
             for name in ("to_qk", "to_q", "to_k", "to_v", "to_out"):
                 if hasattr(old, name):

@@ -1,4 +1,4 @@
-"""Full attention (shared-QK and SDPA) and the attention modules."""
+"""Full attention (shared-QK and SDPA), local attention against its dense definition, and the attention modules."""
 
 import math
 
@@ -7,10 +7,12 @@ import torch
 
 from minireformer.attention import (
     FullSelfAttention,
+    LocalSelfAttention,
     LSHSelfAttention,
     default_n_buckets,
     dense_attention,
     full_attention,
+    local_attention,
 )
 
 
@@ -137,3 +139,71 @@ def test_dropout_acts_on_the_output_only_in_training():
     assert not torch.equal(module(x), module(x))
     module.eval()
     assert torch.equal(module(x), module(x))
+
+
+# ---- local attention (the published Reformers' other layers) ------------------------------------------------------
+def local_reference(q, k, v, *, chunk_len, look_back, look_ahead, causal, padded):
+    """The dense way: key j is in query i's window when its chunk is i's, one of the ``look_back`` before it or one of
+    the ``look_ahead`` after it, counted around the padded sequence's chunks (each chunk at most once); causal: j <= i."""
+    length, n = q.shape[-2], padded // chunk_len
+    back = min(look_back, n - 1)
+    ahead = min(look_ahead, n - 1 - back)
+    chunk = torch.arange(length) // chunk_len
+    offset = (chunk[None, :] - chunk[:, None]) % n  # [query, key]: how many chunks after the query's own
+    allowed = (offset <= ahead) | (offset >= n - back)
+    if causal:
+        allowed &= torch.ones(length, length, dtype=torch.bool).tril()
+    scores = (q @ k.mT) / q.shape[-1] ** 0.5
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return weights @ v, weights
+
+
+@pytest.mark.parametrize("length, pad_multiple", [(32, None), (29, None), (29, 16), (5, None)])
+@pytest.mark.parametrize("look_back, look_ahead", [(1, 0), (0, 1), (2, 1), (0, 0)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_local_attention_equals_its_dense_definition(causal, look_back, look_ahead, length, pad_multiple):
+    q, k, v = (randn(2, 3, length, 8, seed=s).requires_grad_() for s in (1, 2, 3))
+    options = dict(chunk_len=8, look_back=look_back, look_ahead=look_ahead, causal=causal)
+    out, weights = local_attention(q, k, v, pad_multiple=pad_multiple, return_attention=True, **options)
+    padded = -(-length // (pad_multiple or 8)) * (pad_multiple or 8)
+    ref_out, ref_weights = local_reference(q, k, v, padded=padded, **options)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-12, atol=1e-12)
+    cotangent = randn(*out.shape, seed=4)
+    for grad, ref_grad in zip(torch.autograd.grad((out * cotangent).sum(), (q, k, v)),
+                              torch.autograd.grad((ref_out * cotangent).sum(), (q, k, v))):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_local_attention_never_looks_past_its_window():
+    q, k, v = (randn(1, 64, 4, seed=s) for s in (1, 2, 3))
+    weights = local_attention(q, k, v, chunk_len=16, causal=True, return_attention=True)[1][0]
+    query, key = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    outside = (key > query) | (key // 16 < query // 16 - 1)  # later, or before the chunk before
+    assert weights[outside].abs().max() == 0 and (weights[~outside] > 0).all()
+
+
+def test_local_module_and_its_errors():
+    torch.manual_seed(0)
+    layer = LocalSelfAttention(16, 2, chunk_len=4, d_head=3, out_bias=False)
+    assert layer.to_q.weight.shape == (6, 16) and layer.to_out.bias is None  # HF's widths: n_heads * d_head
+    x = torch.randn(2, 10, 16)
+    assert layer(x).shape == (2, 10, 16)
+    torch.testing.assert_close(layer.weights(x).sum(-1), torch.ones(2, 2, 10))
+    with pytest.raises(ValueError, match="pad_multiple must be a multiple of chunk_len=4"):
+        local_attention(x, x, x, chunk_len=4, pad_multiple=6)
+    with pytest.raises(ValueError, match="q, k and v must have the same shape"):
+        local_attention(x, x, x[:, :5], chunk_len=4)
+
+
+def test_hash_seed_draws_the_same_rotations_every_pass_and_one_per_head():
+    layer = LSHSelfAttention(16, 2, n_rounds=3, chunk_len=4, n_buckets=(4, 8), hash_seed=5)
+    qk = torch.zeros(1, 2, 8, 8)
+    first = layer.draw_rotations(qk)
+    assert first.shape == (2, 3, 8, 6) and torch.equal(first, layer.draw_rotations(qk))  # [heads, rounds, d, 12 / 2]
+    torch.manual_seed(5)  # HF: the global RNG seeded with hash_seed, then randn [heads, d, rounds, columns / 2]
+    assert torch.equal(first, torch.randn(2, 8, 3, 6).permute(0, 2, 1, 3))
+    x = torch.randn(2, 12, 16)
+    torch.testing.assert_close(layer(x), layer(x))
+    with pytest.raises(ValueError, match="cannot honour"):
+        LSHSelfAttention(16, 2, hash_seed=5, attention_fn=lambda *a, **k: None)

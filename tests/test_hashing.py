@@ -7,6 +7,7 @@ import torch
 from minireformer.hashing import (
     HASH_GROUP,
     check_n_buckets,
+    hash_factorized,
     collision_probability,
     hash_block,
     hash_vectors,
@@ -210,3 +211,33 @@ def test_fast_hash_equals_hash_vectors(n_buckets):
     per_row = random_rotations(16, n_buckets, 6, generator=torch.Generator().manual_seed(2)).unflatten(0, (3, 2))
     assert torch.equal(hash_block(x, per_row), hash_vectors(x, per_row))  # one rotation per row (per head)
     assert torch.equal(hash_block(x[1:2], per_row[1]), hash_vectors(x[1:2], per_row[1]))
+
+
+# ---- factorized buckets (trax; HF's num_buckets=[n_1, n_2]) ------------------------------------------------------
+@pytest.mark.parametrize("factors", [(4, 8), (2, 6, 4), (8,)])
+def test_factorized_buckets_are_the_digits_of_each_group_s_hash(factors):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 40, 8, generator=g, dtype=torch.float64)
+    rotations = random_rotations(8, sum(factors), 2, generator=g, dtype=torch.float64)  # [2, 8, sum / 2]
+    ids = hash_factorized(x, rotations, factors)
+    expected, base, start = np.zeros((3, 2, 40), dtype=np.int64), 1, 0
+    for n in factors:  # group i's own argmax([x R_i; -x R_i]) is digit i, the first the lowest
+        expected += base * slow_hash(x, rotations[..., start : start + n // 2])
+        base, start = base * n, start + n // 2
+    assert np.array_equal(ids.numpy(), expected) and ids.max() < math.prod(factors)
+    assert torch.equal(hash_factorized(x, rotations, factors, hash_block), ids)  # the fast hash, the same ids
+
+
+def test_factorized_buckets_use_every_one_of_n1_n2_buckets_from_n1_plus_n2_over_2_columns():
+    g = torch.Generator().manual_seed(0)
+    rotations = random_rotations(16, 4 + 8, 1, generator=g)  # 6 columns for 32 buckets (one bucket count: 16)
+    ids = hash_factorized(torch.randn(4000, 16, generator=g), rotations, (4, 8))
+    assert rotations.shape[-1] == 6 and set(ids.flatten().tolist()) == set(range(32))
+
+
+@pytest.mark.parametrize("factors, match", [((4, 3), "an even integer"), ([], "bucket_factors must be a tuple"),
+                                            ((4, 4), "rotations must have sum"), (8, "bucket_factors must be a tuple")])
+def test_bad_bucket_factors_are_named(factors, match):
+    rotations = random_rotations(8, 12, 1)
+    with pytest.raises(ValueError, match=match):
+        hash_factorized(torch.randn(5, 8), rotations, factors)

@@ -350,3 +350,45 @@ def test_trax_and_hf_key_normalization_matches_the_reference(causal):
     assert_matches_reference(qk, v, rotations, **kw)
     assert not torch.allclose(lsh_attention(qk, v, rotations, **kw),
                               lsh_attention(qk, v, rotations, **dict(kw, key_eps=None)), atol=1e-6)
+
+
+# ---- HF's factorized buckets and padding --------------------------------------------------------------------------
+@pytest.mark.parametrize("length", [32, 29])
+@pytest.mark.parametrize("concat_rounds", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fast_path_matches_reference_with_factorized_buckets(causal, concat_rounds, length):
+    qk, v, _ = make_inputs(length, n_rounds=2, seed=11)
+    rotations = random_rotations(8, 2 + 4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert_matches_reference(qk, v, rotations, chunk_len=8, causal=causal, bucket_factors=(2, 4),
+                             concat_rounds=concat_rounds, same_bucket_only=not concat_rounds)
+    buckets = lsh._buckets(qk.detach(), rotations[None].expand(2, -1, -1, -1), (2, 4))
+    assert set(buckets.flatten().tolist()) == set(range(8))  # eight buckets from three columns
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_to_a_larger_multiple_changes_only_where_windows_wrap(causal):
+    """HF pads to the lcm of its layers' chunk lengths: L 21 in chunks of 4 pads to 32 with pad_multiple 16, to 24
+    without. The extra chunk holds only padding, which nobody attends, so only the first chunk's queries, whose
+    window wraps around to the last chunk, can see something else (with HF's any-bucket windows: in ours, a
+    last chunk's keys are never in a first chunk's bucket)."""
+    qk, v, rotations = make_inputs(21, n_rounds=1, n_buckets=4, seed=5)
+    options = dict(chunk_len=4, causal=causal, same_bucket_only=False)
+    assert_matches_reference(qk, v, rotations, pad_multiple=16, **options)
+    with torch.no_grad():
+        plain, padded = lsh_attention(qk, v, rotations, **options), lsh_attention(qk, v, rotations, pad_multiple=16,
+                                                                                  **options)
+    moved = (plain - padded).abs().amax(-1) > 1e-12  # [b, L]
+    assert moved.any()
+    buckets = lsh._buckets(qk.detach(), rotations[None].expand(2, -1, -1, -1))
+    sorted_pos = sort_by_bucket(buckets)[0]  # the positions in the sorted order
+    first_chunk = torch.zeros_like(moved)
+    first_chunk.scatter_(1, sorted_pos[:, 0, :4], True)
+    assert not (moved & ~first_chunk).any()
+
+
+def test_bad_pad_multiple_and_factors_are_named():
+    qk, v, rotations = make_inputs(16)
+    with pytest.raises(ValueError, match="pad_multiple must be a multiple of chunk_len=4"):
+        lsh_attention(qk, v, rotations, chunk_len=4, pad_multiple=6)
+    with pytest.raises(ValueError, match=r"bucket_factors \(2, 4\) need rotations with"):
+        lsh_attention(qk, v, rotations, chunk_len=4, bucket_factors=(2, 4))

@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -152,6 +153,15 @@ def test_separate_qk_attention_weights():
     (dict(n_layers=0), "n_layers must be a positive integer"),
     (dict(axial_shape=(4, 4)), "axial_shape must be"),
     (dict(merge="sum"), "merge must be 'mean' or 'concat'"),
+    (dict(layer_attention=("lsh",)), "layer_attention must give each of the n_layers=2 layers"),
+    (dict(layer_attention=("lsh", "sparse")), "layer_attention must give each"),
+    (dict(lsh_options=dict(n_rounds=2)), "lsh_options must be a dict with keys among"),
+    (dict(local_options=dict(causal=False)), "local_options must be a dict with keys among"),
+    (dict(pad_multiple=12), r"pad_multiple must be a multiple of every layer's chunk length \[8\]"),
+    (dict(axial_dims=(8, 8)), "axial_dims must be"),
+    (dict(axial_shape=(4, 8), axial_dims=(8, 4)), "axial_dims must be"),
+    (dict(activation="tanh"), "activation must be one of"),
+    (dict(norm_eps=0), "norm_eps must be a number > 0"),
 ])
 def test_bad_configuration_is_named(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -189,3 +199,41 @@ def test_a_model_runs_on_an_attention_function_of_the_learner_and_gives_the_same
     layer.look_back = 0  # a plain attribute, set after the layer was made: refused at the call, not ignored
     with pytest.raises(ValueError, match="needs look_back=1"):
         model(tokens)
+
+
+# ---- the published Reformers' options (minireformer.hf sets them from an HF model) --------------------------------
+HF_LIKE = dict(SMALL, layer_attention=("local", "lsh"), local_options=dict(chunk_len=4, look_back=1, look_ahead=0),
+               lsh_options=dict(scale=1.0, key_eps=1e-6, same_bucket_only=False, concat_rounds=True,
+                                rotations_per_head=True, hash_seed=3),
+               n_buckets=(2, 4), pad_multiple=8, d_head=4, out_bias=False, axial_shape=(4, 8), axial_dims=(4, 12),
+               activation="relu", norm_eps=1e-12, merge="concat", dropout=0.1)
+
+
+def test_the_published_options_train_through_the_reversible_backward():
+    torch.manual_seed(0)
+    model = ReformerLM(**HF_LIKE).double()
+    assert [type(w.fn).__name__ for w in model.attention_layers()] == ["LocalSelfAttention", "LSHSelfAttention"]
+    assert model.positions.rows.shape == (4, 4) and model.norm.normalized_shape == (32,)
+    x = tokens(length=29)  # padded to 32 inside both layers
+    grads = []
+    for reversible in (True, False):
+        model.layers.reversible = reversible
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(x).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_the_published_options_survive_a_saved_config_and_keep_the_default_model_as_it_was():
+    torch.manual_seed(0)
+    model = ReformerLM(**HF_LIKE).eval()
+    rebuilt = ReformerLM(config=ReformerConfig(**asdict(model.config))).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(tokens()), rebuilt(tokens()), rtol=0, atol=0)  # hash_seed: the same rotations
+    default = ReformerLM(**SMALL)  # (the committed sampler.pt loads strictly: tests/test_longseq.py)
+    assert default.layers.blocks[0].f.fn.to_out.bias is not None and default.positions.table.shape == (32, 16)
+    assert default.config.kinds() == ("lsh", "lsh") and default.norm.eps == 1e-5
+    model.use_attention("full")  # local layers stay local
+    assert [type(w.fn).__name__ for w in model.attention_layers()] == ["LocalSelfAttention", "FullSelfAttention"]
