@@ -18,7 +18,8 @@ The harness around them, which imports the mechanisms and never the other way ro
 - ``lab``: the small experiments of lessons 02-04 (the LSH walkthrough, recall, a reversible stack's memory,
   drift and step time against depth, the chunked feed-forward's peak).
 - ``bench``: the benchmark commands (Figure 5, reversible stacks, replayed buckets); ``anchors``: HF
-  transformers' and reformer-pytorch's layers, built to be measured against.
+  transformers' and reformer-pytorch's layers, built to be measured against; ``hf``: HF transformers' whole
+  Reformer (the published checkpoints) loaded into ``ReformerLM`` (lesson 08).
 - ``data``, ``train``, ``experiments`` (Table 2, lesson 06), ``longseq`` (lesson 07), ``plan`` (the memory
   plan of every run), ``fullscale`` (the GPU owner's command), ``scale`` (quick or full).
 - ``exercises`` / ``checking`` / ``solutions``: the lessons' "build it" exercises, the checker that names a

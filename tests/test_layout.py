@@ -14,7 +14,7 @@ PACKAGE = Path(minireformer.__file__).parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 MECHANISMS = ("hashing", "lsh", "attention", "reversible", "chunking", "model")
 HARNESS = ("plots", "widgets", "train", "experiments", "longseq", "bench", "lab", "complexity", "plan",
-           "fullscale", "anchors", "measure", "memory", "data")
+           "fullscale", "anchors", "measure", "memory", "data", "hf")
 MEASURING = ("bench", "lab", "complexity", "experiments", "longseq", "train", "memory", "data", "plan", "fullscale",
              "anchors", "widgets")
 

@@ -1,0 +1,274 @@
+"""HF transformers' Reformer as a :class:`~minireformer.model.ReformerLM`: the same model as the one people
+download (``google/reformer-crime-and-punishment``, ``google/reformer-enwik8``), with its weights and conventions.
+
+    model = from_huggingface(ReformerModelWithLMHead.from_pretrained("google/reformer-crime-and-punishment"))
+    logits = model(tokens)  # [B, L, vocab_size]: HF's logits, to float32 rounding (tests/test_hf.py)
+
+HF's Reformer (a port of trax's) is the paper's model with choices of its own. Each is an option of
+:class:`~minireformer.model.ReformerConfig` whose default is the course's model:
+
+- **Layers.** ``attn_layers`` mixes LSH layers with *local* ones (chunks of the original order, separate Q and
+  K, no hash): ``layer_attention``, ``local_options``.
+- **LSH.** Scores ``q . k_hat`` unscaled, keys ``q / sqrt(|q|^2 + d 1e-6)``, any bucket in the window, all rounds
+  sorted along one axis, one rotation per head (``lsh_options``, the conventions tests/test_anchors.py checks);
+  factorized buckets ``num_buckets=[n_1, n_2]`` (``n_buckets=(n_1, n_2)``); with ``hash_seed`` the same
+  rotations in every forward pass.
+- **Padding.** A length that is not a multiple of the least common multiple of the chunk lengths is padded to
+  one, and the padding is never attended: ``pad_multiple`` (the padding decides which chunk a window wraps to).
+- **Shapes.** ``n_heads * d_head`` need not be ``d_model`` (``d_head``); the attention's output projection has no
+  bias (``out_bias``); axial positions split ``d_model`` unevenly (``axial_dims``); LayerNorm eps 1e-12.
+- **Ends.** The two reversible halves are concatenated, ``[y1; y2]``, and normalized over ``2 d_model`` before
+  the LM head (``merge="concat"``); the feed-forward is LayerNorm -> dense -> ReLU -> dense (``activation``).
+
+The converted model is returned in eval mode, where the two agree. In training they differ in dropout: HF
+also drops attention probabilities and whole axial position rows, and draws its masks in other places.
+transformers is optional (the ``compare`` extra): it is imported only inside the functions here.
+"""
+
+import copy
+import dataclasses
+import math
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from .attention import LSHSelfAttention
+from .model import ReformerConfig, ReformerLM
+
+INSTALL = "pip install -c constraints.txt -e '.[compare]'"
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu"}  # HF's hidden_act -> ours (HF's "gelu" is the exact erf GELU)
+# HF's conventions for LSH attention (trax's too), as lsh_attention's keywords: see tests/test_anchors.py
+HF_LSH = dict(scale=1.0, key_eps=1e-6, same_bucket_only=False, concat_rounds=True, rotations_per_head=True)
+
+
+def hf_classes():
+    """``(ReformerModelWithLMHead, ReformerForMaskedLM)``, or an ImportError that says how to install them."""
+    try:
+        from transformers import ReformerForMaskedLM, ReformerModelWithLMHead
+    except ImportError as error:
+        raise ImportError(f"from_huggingface needs HF transformers with its Reformer: {INSTALL}") from error
+    return ReformerModelWithLMHead, ReformerForMaskedLM
+
+
+def config_from_huggingface(hf_config):
+    """Our :class:`~minireformer.model.ReformerConfig` for an HF ``ReformerConfig`` (see the module docstring),
+    or a ValueError naming the HF option we do not support."""
+    c = hf_config
+    kinds = tuple(getattr(c, "attn_layers", ()) or ())
+    if not kinds or set(kinds) - {"lsh", "local"}:
+        raise ValueError(f"config.attn_layers must list 'lsh' and 'local' layers only, got {list(kinds)}")
+    n_buckets = c.num_buckets
+    if "lsh" in kinds:
+        if n_buckets is None:
+            raise ValueError("config.num_buckets must be set (an even int or a list [n_1, n_2]): HF picks it in the "
+                             "first forward pass from that pass's length, which a converted model cannot know")
+        if c.lsh_num_chunks_after:
+            raise ValueError(f"config.lsh_num_chunks_after must be 0 (our LSH windows only look back), "
+                             f"got {c.lsh_num_chunks_after}")
+        n_buckets = tuple(n_buckets) if isinstance(n_buckets, (list, tuple)) else n_buckets
+    if c.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"config.hidden_act must be one of {sorted(ACTIVATIONS)}, got {c.hidden_act!r}")
+    chunks = {"lsh": c.lsh_attn_chunk_length, "local": c.local_attn_chunk_length}
+    for kind in set(kinds):
+        if not isinstance(chunks[kind], int) or chunks[kind] < 1:
+            raise ValueError(f"config.{kind}_attn_chunk_length must be a positive integer, got {chunks[kind]!r}")
+    max_len, axial = c.max_position_embeddings, {}
+    if c.axial_pos_embds:
+        if len(c.axial_pos_shape) != 2 or len(c.axial_pos_embds_dim) != 2:
+            raise ValueError(f"config.axial_pos_shape and axial_pos_embds_dim must have two entries each (rows, "
+                             f"columns), got {c.axial_pos_shape} and {c.axial_pos_embds_dim}")
+        axial = dict(axial_shape=tuple(c.axial_pos_shape), axial_dims=tuple(c.axial_pos_embds_dim))
+        max_len = min(max_len, math.prod(c.axial_pos_shape))
+    return ReformerConfig(
+        vocab_size=c.vocab_size, d_model=c.hidden_size, n_heads=c.num_attention_heads, d_head=c.attention_head_size,
+        d_ff=c.feed_forward_size, n_layers=len(kinds), max_len=max_len, layer_attention=kinds,
+        n_rounds=c.num_hashes, chunk_len=chunks["lsh"] or 64, n_buckets=n_buckets, reversible=True, merge="concat",
+        ff_chunk_size=c.chunk_size_feed_forward or None, causal=bool(c.is_decoder), dropout=c.hidden_dropout_prob,
+        lsh_options=dict(HF_LSH, look_back=c.lsh_num_chunks_before, hash_seed=c.hash_seed),
+        local_options=dict(chunk_len=chunks["local"] or 64, look_back=c.local_num_chunks_before,
+                           look_ahead=c.local_num_chunks_after),
+        pad_multiple=math.lcm(*(chunks[kind] for kind in set(kinds))), out_bias=False,
+        activation=ACTIVATIONS[c.hidden_act], norm_eps=c.layer_norm_eps, **axial)
+
+
+def weight_names(config):
+    """``{our parameter name: HF's parameter name}`` for a model made by :func:`config_from_huggingface`."""
+    hf_layer, names = "reformer.encoder.layers.{i}.", {"embed.weight": "reformer.embeddings.word_embeddings.weight"}
+    if config.axial_shape:  # HF's [rows, 1, d_rows] and [1, cols, d_cols]: ours without the ones
+        names.update({"positions.rows": "reformer.embeddings.position_embeddings.weights.0",
+                      "positions.cols": "reformer.embeddings.position_embeddings.weights.1"})
+    else:
+        names["positions.table"] = "reformer.embeddings.position_embeddings.embedding.weight"
+    projections = {"lsh": {"to_qk": "query_key", "to_v": "value"},
+                   "local": {"to_q": "query", "to_k": "key", "to_v": "value"}}
+    for i, kind in enumerate(config.kinds()):
+        ours, hf = f"layers.blocks.{i}.", hf_layer.format(i=i)
+        for part in ("weight", "bias"):
+            names[f"{ours}f.norm.{part}"] = f"{hf}attention.layer_norm.{part}"
+            names[f"{ours}g.norm.{part}"] = f"{hf}feed_forward.layer_norm.{part}"
+            names[f"{ours}g.fn.net.0.{part}"] = f"{hf}feed_forward.dense.dense.{part}"  # dense -> act -> dense
+            names[f"{ours}g.fn.net.3.{part}"] = f"{hf}feed_forward.output.dense.{part}"
+        for mine, theirs in projections[kind].items():
+            names[f"{ours}f.fn.{mine}.weight"] = f"{hf}attention.self_attention.{theirs}.weight"
+        names[f"{ours}f.fn.to_out.weight"] = f"{hf}attention.output.dense.weight"
+    for part in ("weight", "bias"):
+        names[f"norm.{part}"] = f"reformer.encoder.layer_norm.{part}"  # over 2 d_model: [y1; y2]
+        names[f"head.{part}"] = f"lm_head.decoder.{part}"
+    return names
+
+
+def load_weights(model, hf_state):
+    """Copy HF's tensors (a state dict) into ``model``, each reshaped to ours; a ValueError names any missing or
+    misshapen one."""
+    names, ours = weight_names(model.config), model.state_dict()
+    if set(names) != set(ours):
+        raise ValueError(f"the weight map does not cover the model: {sorted(set(names) ^ set(ours))}")
+    with torch.no_grad():
+        for mine, theirs in names.items():
+            if theirs not in hf_state or hf_state[theirs].numel() != ours[mine].numel():
+                got = tuple(hf_state[theirs].shape) if theirs in hf_state else "nothing"
+                raise ValueError(f"HF's {theirs} must hold {tuple(ours[mine].shape)} numbers for our {mine}, got {got}")
+            ours[mine].copy_(hf_state[theirs].reshape(ours[mine].shape))
+    return model
+
+
+def from_huggingface(hf_model):
+    """A :class:`~minireformer.model.ReformerLM` with the weights and conventions of ``hf_model``, an HF
+    ``ReformerModelWithLMHead`` (causal) or ``ReformerForMaskedLM`` (bidirectional), on its device and in its
+    dtype, in eval mode. Nothing is downloaded here: load the HF model first (``from_pretrained``)."""
+    classes = hf_classes()
+    if not isinstance(hf_model, classes):
+        raise TypeError(f"hf_model must be a transformers ReformerModelWithLMHead or ReformerForMaskedLM, "
+                        f"got {type(hf_model).__name__}")
+    parameter = next(hf_model.parameters())
+    model = ReformerLM(config=config_from_huggingface(hf_model.config))
+    load_weights(model, hf_model.state_dict())
+    return model.to(device=parameter.device, dtype=parameter.dtype).eval()
+
+
+# ---- the two published models, and small models shaped like them (tests/test_hf.py, lesson 08) -------------------
+# Their config.json on the Hub, as HF ReformerConfig keywords, written from PaddleNLP's port of them
+# (paddlenlp/transformers/reformer/configuration.py), since the machine this was written on cannot reach the Hub.
+# Options not listed are HF's defaults, the same values. from_huggingface reads a downloaded model's own config.
+PUBLISHED = {
+    "google/reformer-crime-and-punishment": dict(  # 6 layers, a sentencepiece vocabulary of 320
+        attn_layers=["local", "lsh", "local", "lsh", "local", "lsh"], hidden_size=256, num_attention_heads=2,
+        attention_head_size=64, feed_forward_size=512, vocab_size=320, is_decoder=True, hidden_act="relu",
+        axial_pos_embds=True, axial_pos_shape=[512, 1024], axial_pos_embds_dim=[64, 192],
+        max_position_embeddings=524288, lsh_attn_chunk_length=64, local_attn_chunk_length=64,
+        lsh_num_chunks_before=1, lsh_num_chunks_after=0, local_num_chunks_before=1, local_num_chunks_after=0,
+        num_buckets=[64, 128], num_hashes=1, layer_norm_eps=1e-12, hidden_dropout_prob=0.05,
+        local_attention_probs_dropout_prob=0.05, lsh_attention_probs_dropout_prob=0.0, chunk_size_feed_forward=0,
+        chunk_size_lm_head=0, pad_token_id=0, hash_seed=None),
+    "google/reformer-enwik8": dict(  # 12 layers, bytes + 2 (a vocabulary of 258), three LSH layers among local ones
+        attn_layers=["local", "local", "lsh", "local", "local", "local", "lsh", "local", "local", "local", "lsh",
+                     "local"],
+        hidden_size=1024, num_attention_heads=8, attention_head_size=128, feed_forward_size=4096, vocab_size=258,
+        is_decoder=True, hidden_act="relu", axial_pos_embds=True, axial_pos_shape=[128, 512],
+        axial_pos_embds_dim=[256, 768], max_position_embeddings=65536, lsh_attn_chunk_length=256,
+        local_attn_chunk_length=128, lsh_num_chunks_before=1, lsh_num_chunks_after=0, local_num_chunks_before=1,
+        local_num_chunks_after=0, num_buckets=512, num_hashes=4, layer_norm_eps=1e-12, hidden_dropout_prob=0.2,
+        local_attention_probs_dropout_prob=0.2, lsh_attention_probs_dropout_prob=0.1, chunk_size_feed_forward=0,
+        chunk_size_lm_head=0, pad_token_id=0, hash_seed=None),
+}
+# Shrunk so that a model runs in milliseconds, keeping what makes each one what it is: the layer pattern, the
+# heads' width against d_model (2 x 8 = 16 of 32, as 2 x 64 = 128 of 256; 4 x 8 = 32, as 8 x 128 = 1024), the
+# uneven axial widths (1:3), the chunk lengths' ratio, factorized or plain buckets, the number of hash rounds.
+SMALL = {
+    "google/reformer-crime-and-punishment": dict(
+        hidden_size=32, attention_head_size=8, feed_forward_size=64, axial_pos_shape=[8, 16],
+        axial_pos_embds_dim=[8, 24], max_position_embeddings=128, lsh_attn_chunk_length=8, local_attn_chunk_length=8,
+        num_buckets=[4, 8]),
+    "google/reformer-enwik8": dict(
+        hidden_size=32, num_attention_heads=4, attention_head_size=8, feed_forward_size=64, axial_pos_shape=[8, 32],
+        axial_pos_embds_dim=[8, 24], max_position_embeddings=256, lsh_attn_chunk_length=16, local_attn_chunk_length=8,
+        num_buckets=8),
+}
+
+
+def random_hf_model(name, *, small=True, causal=True, hash_seed=17, seed=0, **options):
+    """An HF model shaped like the published ``name`` (``small``: shrunk, see ``SMALL``; ``options``: more HF config
+    keywords), in eval mode, with random weights at a scale where attention is far from uniform: matrices
+    N(0, 1 / fan_in), so that scores are a few units; embeddings N(0, 1); norms 1 + N(0, 0.3^2); biases N(0, 0.3^2).
+    HF's own initialization (N(0, 0.02^2)) would make every attention nearly uniform and hide a wrong mask."""
+    model_class, masked_class = hf_classes()
+    from transformers import ReformerConfig as HFConfig
+
+    keywords = dict(PUBLISHED[name], **(SMALL[name] if small else {}), **options)
+    torch.manual_seed(seed)  # HF draws its initial weights from the global RNG; they are all replaced below
+    model = (model_class if causal else masked_class)(HFConfig(**dict(keywords, is_decoder=causal,
+                                                                       hash_seed=hash_seed))).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if "embeddings" in key:
+                p.copy_(noise)
+            elif p.dim() >= 2:
+                p.copy_(noise * p.shape[-1] ** -0.5)
+            else:
+                p.copy_(noise * 0.3 + (1.0 if key.endswith("layer_norm.weight") else 0.0))
+    return model
+
+
+def with_fixed_rotations(model, dtype):
+    """A copy of a converted ``model`` in ``dtype`` whose LSH layers keep the rotations their ``hash_seed`` draws in
+    float32: float64 then hashes exactly as float32 does, so it shows float32's rounding and nothing else."""
+    model = copy.deepcopy(model)
+    for wrapper in model.attention_layers():
+        if isinstance(wrapper.fn, LSHSelfAttention):
+            d_head = model.config.d_head or model.config.d_model // model.config.n_heads
+            like = torch.zeros(1, wrapper.fn.n_heads, 1, d_head)  # only its shape, device and dtype count
+            wrapper.fn.rotations = wrapper.fn.draw_rotations(like).to(dtype)
+    return model.to(dtype)
+
+
+@torch.no_grad()
+def hf_greedy(hf_model, prompt, n_new):
+    """HF's greedy tokens after ``prompt [L]``, the model run on the whole grown sequence for every new token (not
+    its cached ``generate``, which with factorized buckets is not equal to its own full recomputation)."""
+    x = prompt[None]
+    for _ in range(n_new):
+        x = torch.cat([x, hf_model(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x[0]
+
+
+def changed_options(config):
+    """``[(option, the course's default, this model's value)]`` for each option of our ``config`` that differs from
+    :class:`~minireformer.model.ReformerConfig`'s default (the options a converted model sets)."""
+    defaults = ReformerConfig(vocab_size=config.vocab_size)
+    return [(f.name, getattr(defaults, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(defaults, f.name)]
+
+
+# ---- Google's trained weights: from a local copy, or downloaded where the Hub answers --------------------------
+HOW_TO_RUN = ("Google's trained model is neither in HF's cache here nor downloadable (no connection to "
+              "huggingface.co). On a machine with internet access this cell downloads it (about 10 MB); or copy a "
+              "folder saved with model.save_pretrained(folder) and pass that folder.")
+
+
+def hub_reachable(host="huggingface.co", timeout=3.0):
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds (HF's own client retries for 30 s)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def published(name="google/reformer-crime-and-punishment"):
+    """The HF model ``name`` (a Hub id, or a folder written by ``save_pretrained``) in eval mode: from the folder,
+    from HF's local cache, or downloaded when :func:`hub_reachable`; None when none of these can be had."""
+    model_class, masked_class = hf_classes()
+    if Path(name).is_dir():
+        return model_class.from_pretrained(name).eval()
+    try:
+        return model_class.from_pretrained(name, local_files_only=True).eval()
+    except OSError:
+        if not hub_reachable():
+            return None
+    return model_class.from_pretrained(name).eval()
