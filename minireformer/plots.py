@@ -187,6 +187,19 @@ def _matrix(ax, matrix, chunk_len=None, cmap="Blues", vmax=None, order="sorted s
     return image
 
 
+def plot_attention_maps(maps, *, chunk_len=None):
+    """Figure: attention weights ``[L, L]`` in the original order side by side (``maps``: {title: weights}), on one
+    colour scale, with lines between chunks of ``chunk_len``."""
+    top = max(matrix.max() for matrix in maps.values()).item()
+    fig = Figure(figsize=(4.8 * len(maps), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(maps), squeeze=False)[0]
+    for ax, (title, matrix) in zip(axes, maps.items()):
+        image = _matrix(ax, matrix, chunk_len, vmax=top, order="position")
+        ax.set_title(title)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="attention weight")
+    return fig
+
+
 def plot_lsh_stage(walk, stage):
     """Figure: one stage of :func:`minireformer.lab.lsh_walkthrough` (a name in ``LSH_STAGES``), one row of panels per round."""
     if stage not in LSH_STAGES:
@@ -195,15 +208,8 @@ def plot_lsh_stage(walk, stage):
     n_buckets, chunk_len = walk["n_buckets"], walk["chunk_len"]
     strip = stage in ("hash", "sort", "chunk")
     if stage == "combine":
-        fig = Figure(figsize=(9.6, 4.4), layout="constrained")
-        axes = fig.subplots(1, 2)
-        top = max(walk["attention"].max(), walk["full"].max()).item()  # one colour scale for both
-        for ax, matrix, title in zip(axes, (walk["attention"], walk["full"]),
-                                     (f"LSH attention, {n_rounds} round{'s' * (n_rounds > 1)} combined", "full attention")):
-            image = _matrix(ax, matrix, vmax=top, order="position")
-            ax.set_title(title)
-        fig.colorbar(image, ax=list(axes), shrink=0.8, label="attention weight")
-        return fig
+        return plot_attention_maps({f"LSH attention, {n_rounds} round{'s' * (n_rounds > 1)} combined": walk["attention"],
+                                    "full attention": walk["full"]})
     fig = Figure(figsize=(10, 1.3 * n_rounds + 0.6) if strip else (4.4 * n_rounds + 1, 4.6), layout="constrained")
     axes = fig.subplots(n_rounds, 1) if strip else fig.subplots(1, n_rounds)
     axes = [axes] if n_rounds == 1 else list(axes)
@@ -245,10 +251,8 @@ def plot_causal_mask(walk, round_index=0):
 
 
 def plot_recall(rounds, recall):
-    """Figure: the share of each query's top-k keys that LSH attention finds, against the number of rounds.
-
-    recall: ``{label: [share for each entry of rounds]}``.
-    """
+    """Figure: the share of each query's top-k keys that LSH attention finds against the number of rounds;
+    recall: ``{label: [share for each entry of rounds]}``."""
     fig = Figure(figsize=(6.4, 4), layout="constrained")
     ax = fig.add_subplot()
     for label, values in recall.items():
@@ -262,10 +266,8 @@ def plot_recall(rounds, recall):
 
 # ---- lessons 03 and 04: reversible layers and the chunked feed-forward, measured ----------------------------------
 def plot_memory_vs_depth(depths, measured):
-    """Figure: measured bytes against the number of blocks, ordinary vs reversible (one panel per measure).
-
-    measured: ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`minireformer.lab.depth_memory_experiment`.
-    """
+    """Figure: measured bytes against the number of blocks, ordinary vs reversible (one panel per measure); measured:
+    ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`minireformer.lab.depth_memory_experiment`."""
     titles = {"saved": "activations saved for backward", "peak": "peak memory of a training step"}
     fig = Figure(figsize=(9.6, 3.9), layout="constrained")
     axes = fig.subplots(1, len(measured))
@@ -467,8 +469,7 @@ def plot_table2(ours, paper):
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=9)
         ax.set(xticks=range(len(cols)), xticklabels=[c.upper() for c in cols], yticks=range(len(rows)),
                yticklabels=[r.upper() for r in rows], xlabel="evaluated with", title=f"{name}: accuracy %")
-        if k == 0:
-            ax.set_ylabel("trained with")
+        ax.set_ylabel("trained with" if k == 0 else "")
     return fig
 
 
@@ -494,8 +495,7 @@ def plot_transformer_memory(data):
     right.set(xlabel="layers $n_l$", ylabel="MB", xticks=depths, ylim=(0, None),
               title=f"l = {data['length']}: activations grow with depth")
     right.legend(fontsize=8)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
+    left.grid(alpha=0.3), right.grid(alpha=0.3)
     return fig
 
 
@@ -592,8 +592,7 @@ def plot_bench_reversible(rows, title=None):
         right.plot(blocks, peaks, style, label=model)
     left.set(xlabel="blocks", ylabel="seconds per training step")
     right.set(xlabel="blocks", ylabel="peak extra memory (MiB)")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
+    left.grid(alpha=0.3), right.grid(alpha=0.3)
     left.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
