@@ -246,7 +246,7 @@ def changed_options(config):
 # ---- Google's trained weights: from a local copy, or downloaded where the Hub answers --------------------------
 HOW_TO_RUN = ("Google's trained model is neither in HF's cache here nor downloadable (no connection to "
               "huggingface.co). On a machine with internet access this cell downloads it (about 10 MB); or copy a "
-              "folder saved with model.save_pretrained(folder) and pass that folder.")
+              "folder saved with model.save_pretrained(folder) here and pass its path instead of the model's name.")
 
 
 def hub_reachable(host="huggingface.co", timeout=3.0):
@@ -272,3 +272,33 @@ def published(name="google/reformer-crime-and-punishment"):
         if not hub_reachable():
             return None
     return model_class.from_pretrained(name).eval()
+
+
+def _tokenizer(name):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except OSError:
+        return AutoTokenizer.from_pretrained(name)
+
+
+def sample_published(name="google/reformer-crime-and-punishment", prompt="A few months later", n_new=100, *,
+                     temperature=0.7, seed=0):
+    """Text that Google's trained model ``name`` writes after ``prompt``, sampled through the course's own
+    :func:`~minireformer.model.generate` on the converted :class:`~minireformer.model.ReformerLM`: a dict with the
+    ``text``, the ``tokens`` and ``prompt_gap``, the largest logit difference from HF's model on the prompt (shorter
+    than a chunk, so no hashing and no seed is involved); None where the weights cannot be had (:func:`published`)."""
+    from .model import generate
+
+    hf_model = published(name)
+    if hf_model is None:
+        return None
+    tokenizer = _tokenizer(name)
+    ours = from_huggingface(hf_model)
+    ids = torch.tensor(tokenizer.encode(prompt), device=next(ours.parameters()).device)
+    with torch.no_grad():
+        prompt_gap = (hf_model(ids[None]).logits - ours(ids[None])).abs().max().item()
+    torch.manual_seed(seed)  # hash_seed is None in the published config: LSH layers draw from the global RNG
+    tokens = generate(ours, ids, n_new, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    return dict(text=tokenizer.decode(tokens.tolist()), tokens=tokens, prompt_gap=prompt_gap)

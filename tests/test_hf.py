@@ -6,6 +6,7 @@ rounds) ours is the closer to the exact value. transformers is the optional `com
 installs it, so CI runs these."""
 
 import math
+import string
 import time
 
 import pytest
@@ -134,12 +135,21 @@ def test_without_hash_seed_the_rotations_are_random_and_the_model_still_trains()
     assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(*grads))
 
 
-def test_a_local_copy_loads_and_a_missing_one_is_none_at_once(tmp_path, monkeypatch):
-    theirs = random_hf_model(CRIME, seed=6)
-    theirs.save_pretrained(tmp_path / "copy")
-    loaded = hf.published(str(tmp_path / "copy"))
-    x = tokens(320, 30)
+def test_a_local_copy_loads_and_samples_and_a_missing_one_is_none_at_once(tmp_path, monkeypatch):
+    from transformers import ReformerTokenizer
+
+    theirs = random_hf_model(CRIME, seed=6, hash_seed=None)
+    folder = str(tmp_path / "copy")
+    theirs.save_pretrained(folder)
+    letters = ["<pad>", "</s>", "<unk>", "\u2581"] + list(string.ascii_letters + ".,")
+    ReformerTokenizer(vocab={c: i for i, c in enumerate(letters)}, merges=[]).save_pretrained(folder)
+    loaded = hf.published(folder)
+    x = tokens(320, 8)  # one chunk: no hashing, so HF's random rotations (no hash_seed) play no part
     assert largest_difference(loaded, from_huggingface(theirs), x) < TOLERANCE
+    sample = hf.sample_published(folder, "A few", 12)  # 6 tokens, then 12 sampled: hashed from the 9th on
+    assert sample["tokens"].shape == (6 + 12,) and sample["text"].startswith("A few")
+    assert sample["prompt_gap"] < TOLERANCE
+    assert hf.sample_published(folder, "A few", 12)["tokens"].tolist() == sample["tokens"].tolist()  # seeded
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty cache"))
     monkeypatch.setattr(hf, "hub_reachable", lambda: False)
     start = time.perf_counter()
