@@ -108,6 +108,9 @@ def local_attention(q, k, v, *, chunk_len, look_back=1, look_ahead=0, causal=Fal
         return out, dense.flatten(-3, -2)[..., :length, :length].to(dtype)  # [..., L, L]
 
 
+LOCAL_CHUNK_LEN = 64  # trax's and HF's local_attn_chunk_length
+
+
 def default_n_buckets(length, chunk_len):
     """The paper's ``n_buckets = 2 L / chunk_len`` (so a bucket averages half a chunk), as an even number >= 2."""
     return 2 * max(1, math.ceil(length / chunk_len))
@@ -185,6 +188,10 @@ class LSHSelfAttention(_SelfAttention):
             check_n_buckets(n_buckets)
         if hash_seed is not None:
             check_int("hash_seed", hash_seed, least=0)
+        for name, value in (("scale", scale), ("key_eps", key_eps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+                                      or (name == "scale" and value == 0)):
+                raise ValueError(f"{name} must be None or a number {'> 0' if name == 'scale' else '>= 0'}, got {value!r}")
         self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets
         self.causal, self.look_back, self.same_bucket_only, self.dedup = causal, look_back, same_bucket_only, dedup
         self.scale, self.key_eps, self.concat_rounds, self.pad_multiple = scale, key_eps, concat_rounds, pad_multiple
@@ -262,11 +269,12 @@ class LocalSelfAttention(_SelfAttention):
     positions in the original order, each seeing ``look_back`` chunks before it and ``look_ahead`` after it
     (HF's ``local_num_chunks_before`` / ``_after``); ``pad_multiple`` as in :func:`local_attention`."""
 
-    def __init__(self, d_model, n_heads, *, chunk_len=64, look_back=1, look_ahead=0, causal=False, dropout=0.0,
-                 pad_multiple=None, d_head=None, out_bias=True):
+    def __init__(self, d_model, n_heads, *, chunk_len=LOCAL_CHUNK_LEN, look_back=1, look_ahead=0, causal=False,
+                 dropout=0.0, pad_multiple=None, d_head=None, out_bias=True):
         super().__init__(d_model, n_heads, dropout, shared_qk=False, d_head=d_head, out_bias=out_bias)
         check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
-        check_int("look_ahead", look_ahead, least=0)
+        if check_int("look_ahead", look_ahead, least=0) and causal:
+            raise ValueError(f"look_ahead must be 0 when causal=True (the chunks after are all masked), got {look_ahead}")
         self.chunk_len, self.look_back, self.look_ahead, self.causal = chunk_len, look_back, look_ahead, causal
         self.pad_multiple = pad_multiple
 

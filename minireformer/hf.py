@@ -34,11 +34,12 @@ from pathlib import Path
 
 import torch
 
-from .attention import LSHSelfAttention
+from .attention import LOCAL_CHUNK_LEN, LSHSelfAttention
+from .checks import check_int
 from .model import ReformerConfig, ReformerLM
 
 INSTALL = "pip install -c constraints.txt -e '.[compare]'"
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu"}  # HF's hidden_act -> ours (HF's "gelu" is the exact erf GELU)
+ACTIVATIONS = ("relu", "gelu")  # HF's hidden_act values that are ours too (HF's "gelu" is the exact erf GELU)
 # HF's conventions for LSH attention (trax's too), as lsh_attention's keywords: see tests/test_anchors.py
 HF_LSH = dict(scale=1.0, key_eps=1e-6, same_bucket_only=False, concat_rounds=True, rotations_per_head=True)
 
@@ -70,10 +71,15 @@ def config_from_huggingface(hf_config):
         n_buckets = tuple(n_buckets) if isinstance(n_buckets, (list, tuple)) else n_buckets
     if c.hidden_act not in ACTIVATIONS:
         raise ValueError(f"config.hidden_act must be one of {sorted(ACTIVATIONS)}, got {c.hidden_act!r}")
-    chunks = {"lsh": c.lsh_attn_chunk_length, "local": c.local_attn_chunk_length}
-    for kind in set(kinds):
-        if not isinstance(chunks[kind], int) or chunks[kind] < 1:
-            raise ValueError(f"config.{kind}_attn_chunk_length must be a positive integer, got {chunks[kind]!r}")
+    chunks = {kind: check_int(f"config.{kind}_attn_chunk_length", getattr(c, f"{kind}_attn_chunk_length"))
+              for kind in set(kinds)}
+    for kind in set(kinds):  # a wider window than 2 chunks: with fewer chunks than it spans HF takes keys twice
+        before, after = getattr(c, f"{kind}_num_chunks_before"), getattr(c, f"{kind}_num_chunks_after")
+        if check_int(f"config.{kind}_num_chunks_before", before, least=0) + \
+                check_int(f"config.{kind}_num_chunks_after", after, least=0) > 1:
+            raise ValueError(f"config.{kind}_num_chunks_before + {kind}_num_chunks_after must be at most 1 (as in "
+                             f"both published models), got {before} + {after}: with fewer chunks than a wider window "
+                             f"spans, HF attends some keys twice and we attend each once, so the two would differ")
     max_len, axial = c.max_position_embeddings, {}
     if c.axial_pos_embds:
         if len(c.axial_pos_shape) != 2 or len(c.axial_pos_embds_dim) != 2:
@@ -84,13 +90,13 @@ def config_from_huggingface(hf_config):
     return ReformerConfig(
         vocab_size=c.vocab_size, d_model=c.hidden_size, n_heads=c.num_attention_heads, d_head=c.attention_head_size,
         d_ff=c.feed_forward_size, n_layers=len(kinds), max_len=max_len, layer_attention=kinds,
-        n_rounds=c.num_hashes, chunk_len=chunks["lsh"] or 64, n_buckets=n_buckets, reversible=True, merge="concat",
+        n_rounds=c.num_hashes, chunk_len=chunks.get("lsh", 64), n_buckets=n_buckets, reversible=True, merge="concat",
         ff_chunk_size=c.chunk_size_feed_forward or None, causal=bool(c.is_decoder), dropout=c.hidden_dropout_prob,
         lsh_options=dict(HF_LSH, look_back=c.lsh_num_chunks_before, hash_seed=c.hash_seed),
-        local_options=dict(chunk_len=chunks["local"] or 64, look_back=c.local_num_chunks_before,
+        local_options=dict(chunk_len=chunks.get("local", LOCAL_CHUNK_LEN), look_back=c.local_num_chunks_before,
                            look_ahead=c.local_num_chunks_after),
         pad_multiple=math.lcm(*(chunks[kind] for kind in set(kinds))), out_bias=False,
-        activation=ACTIVATIONS[c.hidden_act], norm_eps=c.layer_norm_eps, **axial)
+        activation=c.hidden_act, norm_eps=c.layer_norm_eps, **axial)
 
 
 def weight_names(config):
@@ -196,7 +202,7 @@ def random_hf_model(name, *, small=True, causal=True, hash_seed=17, seed=0, **op
     model_class, masked_class = hf_classes()
     from transformers import ReformerConfig as HFConfig
 
-    keywords = dict(PUBLISHED[name], **(SMALL[name] if small else {}), **options)
+    keywords = {**PUBLISHED[name], **(SMALL[name] if small else {}), **options}
     torch.manual_seed(seed)  # HF draws its initial weights from the global RNG; they are all replaced below
     model = (model_class if causal else masked_class)(HFConfig(**dict(keywords, is_decoder=causal,
                                                                        hash_seed=hash_seed))).eval()

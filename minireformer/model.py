@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .attention import FullSelfAttention, LocalSelfAttention, LSHSelfAttention
+from .attention import LOCAL_CHUNK_LEN, FullSelfAttention, LocalSelfAttention, LSHSelfAttention
 from .checks import check_int
 from .chunking import ACTIVATIONS, FeedForward
 from .reversible import RevBlock, ReversibleSequence, duplicate, merge
@@ -90,7 +90,7 @@ class ReformerConfig:
     def __post_init__(self):
         if self.attention not in ("lsh", "full"):
             raise ValueError(f"attention must be 'lsh' or 'full', got {self.attention!r}")
-        if self.attention == "lsh" and not self.shared_qk:
+        if self.layer_attention is None and self.attention == "lsh" and not self.shared_qk:
             raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len", "n_rounds", "chunk_len"):
             check_int(name, getattr(self, name))
@@ -123,19 +123,21 @@ class ReformerConfig:
             options = getattr(self, name)
             if options is not None and (not isinstance(options, dict) or set(options) - set(allowed)):
                 raise ValueError(f"{name} must be a dict with keys among {allowed}, got {options!r}")
-        chunks = {"lsh": self.chunk_len, "full": 1, "local": (self.local_options or {}).get("chunk_len", 64)}
+        chunks = {"lsh": self.chunk_len, "full": 1, "local": (self.local_options or {}).get("chunk_len", LOCAL_CHUNK_LEN)}
         if self.pad_multiple is not None and any(check_int("pad_multiple", self.pad_multiple) % chunks[k]
                                                  for k in self.kinds()):
             raise ValueError(f"pad_multiple must be a multiple of every layer's chunk length "
                              f"{sorted({chunks[k] for k in self.kinds()})}, got {self.pad_multiple}")
         if self.axial_dims is not None:
-            self.axial_dims = tuple(self.axial_dims)
+            self.axial_dims = tuple(check_int("axial_dims", d) for d in self.axial_dims)
             if len(self.axial_dims) != 2 or self.axial_shape is None or sum(self.axial_dims) != self.d_model:
                 raise ValueError(f"axial_dims must be (row width, column width) summing to d_model={self.d_model}, "
                                  f"with axial_shape set, got {self.axial_dims!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+        if not isinstance(self.out_bias, bool):
+            raise ValueError(f"out_bias must be True or False, got {self.out_bias!r}")
+        if isinstance(self.norm_eps, bool) or not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             raise ValueError(f"norm_eps must be a number > 0, got {self.norm_eps!r}")
 
 

@@ -207,3 +207,8 @@ def test_hash_seed_draws_the_same_rotations_every_pass_and_one_per_head():
     torch.testing.assert_close(layer(x), layer(x))
     with pytest.raises(ValueError, match="cannot honour"):
         LSHSelfAttention(16, 2, hash_seed=5, attention_fn=lambda *a, **k: None)
+    for bad in (dict(key_eps=-1.0), dict(scale=0), dict(scale="1"), dict(key_eps=True)):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be None or a number"):
+            LSHSelfAttention(16, 2, **bad)
+    with pytest.raises(ValueError, match="look_ahead must be 0 when causal=True"):
+        LocalSelfAttention(16, 2, look_ahead=1, causal=True)

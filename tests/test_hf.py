@@ -92,6 +92,15 @@ def test_the_published_crime_and_punishment_shape_at_full_width():
     assert largest_difference(theirs, ours, tokens(320, 100, batch=1)) < TOLERANCE
 
 
+def test_a_window_of_one_chunk_after_instead_of_before_converts_and_overrides_reach_hf():
+    theirs = random_hf_model(CRIME, causal=False, local_num_chunks_before=0, local_num_chunks_after=1,
+                             local_attn_chunk_length=4).double()  # SMALL's chunk of 8 overridden
+    ours = from_huggingface(theirs)
+    assert ours.config.local_options == dict(chunk_len=4, look_back=0, look_ahead=1) and ours.config.pad_multiple == 8
+    for length in (64, 29, 12):
+        assert largest_difference(theirs, ours, tokens(320, length)) < FLOAT64, length
+
+
 def test_the_converted_configurations():
     crime = config_from_huggingface(ReformerConfig(**PUBLISHED[CRIME]))
     assert (crime.d_model, crime.n_heads, crime.d_head, crime.n_layers) == (256, 2, 64, 6)
@@ -163,7 +172,10 @@ def test_bad_input_is_named():
     theirs = random_hf_model(CRIME)
     for option, value, match in (("attn_layers", ["local", "lsh", "full", "lsh", "local", "lsh"], "attn_layers"),
                                  ("num_buckets", None, "num_buckets"), ("hidden_act", "tanh", "hidden_act"),
-                                 ("lsh_num_chunks_after", 1, "lsh_num_chunks_after")):
+                                 ("lsh_num_chunks_after", 1, "lsh_num_chunks_after"),
+                                 ("lsh_num_chunks_before", 2, "lsh_num_chunks_before [+] lsh_num_chunks_after must be"),
+                                 ("local_num_chunks_after", 1, "local_num_chunks_before [+] local_num_chunks_after"),
+                                 ("local_attn_chunk_length", 0, "config.local_attn_chunk_length must be a positive")):
         config = ReformerConfig(**dict(PUBLISHED[CRIME], **SMALL[CRIME]))
         setattr(config, option, value)
         with pytest.raises(ValueError, match=match):

@@ -160,6 +160,11 @@ def test_separate_qk_attention_weights():
     (dict(pad_multiple=12), r"pad_multiple must be a multiple of every layer's chunk length \[8\]"),
     (dict(axial_dims=(8, 8)), "axial_dims must be"),
     (dict(axial_shape=(4, 8), axial_dims=(8, 4)), "axial_dims must be"),
+    (dict(axial_shape=(4, 8), axial_dims=(16, 0)), "axial_dims must be a positive integer"),
+    (dict(axial_shape=(4, 8), axial_dims=(8.5, 7.5)), "axial_dims must be a positive integer"),
+    (dict(out_bias="no"), "out_bias must be True or False"),
+    (dict(norm_eps=True), "norm_eps must be a number > 0"),
+    (dict(layer_attention=("full", "lsh"), shared_qk=False), "LSH attention needs shared_qk=True"),
     (dict(activation="tanh"), "activation must be one of"),
     (dict(norm_eps=0), "norm_eps must be a number > 0"),
 ])
@@ -224,6 +229,11 @@ def test_the_published_options_train_through_the_reversible_backward():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[1]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_layers_of_full_attention_may_have_separate_q_and_k():
+    model = ReformerLM(**dict(SMALL, layer_attention=("full", "full"), shared_qk=False))
+    assert all(hasattr(w.fn, "to_q") for w in model.attention_layers())
 
 
 def test_the_published_options_survive_a_saved_config_and_keep_the_default_model_as_it_was():
