@@ -25,8 +25,10 @@ also drops attention probabilities and whole axial position rows, and draws its 
 transformers is optional (the ``compare`` extra): it is imported only inside the functions here.
 """
 
+import contextlib
 import copy
 import dataclasses
+import io
 import math
 import os
 import socket
@@ -239,6 +241,14 @@ def hf_greedy(hf_model, prompt, n_new):
     for _ in range(n_new):
         x = torch.cat([x, hf_model(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return x[0]
+
+
+@torch.no_grad()
+def hf_cached_greedy(hf_model, prompt, n_new):
+    """HF's own greedy ``generate`` after ``prompt [L]``, which caches buckets and hashes only each new token. (HF's
+    Reformer prints a line for every input of ``generate`` it does not know, three per step; they are swallowed.)"""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return hf_model.generate(prompt[None], max_new_tokens=n_new, do_sample=False, pad_token_id=0)[0]
 
 
 def changed_options(config):

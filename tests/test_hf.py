@@ -123,6 +123,10 @@ def test_greedy_generation_gives_the_same_tokens(name):
     mine = generate(ours, prompt, 20, top_k=1, generator=torch.Generator().manual_seed(0))
     assert expected.shape == (25,) and mine.tolist() == expected.tolist()
     assert len(set(expected[5:].tolist())) > 1  # not one token repeated: the comparison could fail
+    cached = hf.hf_cached_greedy(theirs, prompt, 20)  # HF's own generate, with its bucket cache
+    assert cached.shape == (25,) and cached[:5].tolist() == prompt.tolist()
+    if name == ENWIK8:  # plain buckets: its cache gives what its full recomputation gives
+        assert cached.tolist() == expected.tolist()
 
 
 def test_without_hash_seed_the_rotations_are_random_and_the_model_still_trains():
