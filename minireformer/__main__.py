@@ -12,6 +12,8 @@
     bench     timings and peak memory: `bench attention` (one layer, Figure 5), `bench reversible` (depth),
               `bench buckets` (float32 rebuilt inputs, LSH buckets replayed or hashed again);
               --compare: beside HF transformers' and reformer-pytorch's (the optional compare extra)
+    hf        ReformerLM converted from HF transformers' Reformer against it: the largest logit difference per
+              configuration (random weights); --published NAME: on Google's trained weights too
 """
 
 import argparse
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import bench, complexity, experiments, fullscale, longseq, plan, train as training
+from . import bench, complexity, experiments, fullscale, hf, longseq, plan, train as training
 
 
 def figures():
@@ -106,6 +108,8 @@ def main(argv=None):
         "bench": bench.add_arguments(commands.add_parser("bench", help="benchmarks: bench attention | bench reversible | bench buckets")),
         "plan": plan.add_arguments(commands.add_parser("plan", help="predicted peak memory of every run, and what fits")),
         "fullscale": fullscale.add_arguments(commands.add_parser("fullscale", help="every full-scale experiment (GPU)")),
+        "hf": hf.add_arguments(commands.add_parser("hf", help="ReformerLM against HF transformers' Reformer (needs the "
+                                                              "compare extra)")),
     }
     args = parser.parse_args(argv)
     # the command line as typed, for the runs a command writes on record (measure.write_run)
@@ -143,6 +147,8 @@ def main(argv=None):
         plan.from_args(args, subparsers["plan"])
     elif args.command == "fullscale":
         fullscale.from_args(args, subparsers["fullscale"])
+    elif args.command == "hf":
+        hf.from_args(args, subparsers["hf"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 download (``google/reformer-crime-and-punishment``, ``google/reformer-enwik8``), with its weights and conventions.
 
     model = from_huggingface(ReformerModelWithLMHead.from_pretrained("google/reformer-crime-and-punishment"))
-    logits = model(tokens)  # [B, L, vocab_size]: HF's logits, to float32 rounding (tests/test_hf.py)
+    logits = model(tokens)  # [B, L, vocab_size]: HF's logits (tests/test_hf.py, lesson 08)
+
+They agree to float64 rounding (5e-12 at most) in every configuration tested, and in float32 to 2e-6 except where
+HF's own float32 is inexact (causal, several hash rounds; ours is the closer to float64 there):
+``python -m minireformer hf`` prints the table (:func:`agreement_table`).
 
 HF's Reformer (a port of trax's) is the paper's model with choices of its own. Each is an option of
 :class:`~minireformer.model.ReformerConfig` whose default is the course's model:
@@ -20,9 +24,11 @@ HF's Reformer (a port of trax's) is the paper's model with choices of its own. E
 - **Ends.** The two reversible halves are concatenated, ``[y1; y2]``, and normalized over ``2 d_model`` before
   the LM head (``merge="concat"``); the feed-forward is LayerNorm -> dense -> ReLU -> dense (``activation``).
 
-The converted model is returned in eval mode, where the two agree. In training they differ in dropout: HF
-also drops attention probabilities and whole axial position rows, and draws its masks in other places.
-transformers is optional (the ``compare`` extra): it is imported only inside the functions here.
+Not converted (a ValueError names the option): ``num_buckets=None``, LSH windows that look ahead, windows wider
+than two chunks (where a sequence has fewer chunks than they span, HF attends some keys twice), activations other
+than ReLU and GELU. The converted model is returned in eval mode, where the two agree. In training they differ in
+dropout: HF also drops attention probabilities and whole axial position rows, and draws its masks in other
+places. transformers is optional (the ``compare`` extra): it is imported only inside the functions here.
 """
 
 import contextlib
@@ -249,6 +255,79 @@ def hf_cached_greedy(hf_model, prompt, n_new):
     Reformer prints a line for every input of ``generate`` it does not know, three per step; they are swallowed.)"""
     with contextlib.redirect_stdout(io.StringIO()):
         return hf_model.generate(prompt[None], max_new_tokens=n_new, do_sample=False, pad_token_id=0)[0]
+
+
+def seed_hashing(hf_model, hash_seed=17):
+    """Make ``hf_model`` draw the same rotations in every pass (``hash_seed``; the published models leave it unset),
+    so that a model converted from it afterwards compares with it at any length. Returns ``hf_model``."""
+    hf_model.config.hash_seed = check_int("hash_seed", hash_seed, least=0)
+    for module in hf_model.modules():
+        if hasattr(module, "hash_seed"):  # HF's LSH layers copy it from the config when they are built
+            module.hash_seed = hash_seed
+    return hf_model
+
+
+@torch.no_grad()
+def largest_gap(hf_model, ours, lengths, *, batch=2, seed=0):
+    """The largest ``|logit difference|`` between ``hf_model`` and ``ours`` over random token batches of ``lengths``."""
+    device, gaps = next(ours.parameters()).device, []
+    for length in lengths:
+        tokens = torch.randint(0, hf_model.config.vocab_size, (batch, length),
+                               generator=torch.Generator().manual_seed(seed + length)).to(device)
+        gaps.append((hf_model(tokens).logits - ours(tokens)).abs().max().item())
+    return max(gaps)
+
+
+# (model, shrunk, causal): both published shapes, and crime-and-punishment at its real widths
+AGREEMENT_CASES = [("google/reformer-crime-and-punishment", True, True), ("google/reformer-crime-and-punishment", True, False),
+                   ("google/reformer-crime-and-punishment", False, True), ("google/reformer-enwik8", True, True),
+                   ("google/reformer-enwik8", True, False)]
+
+
+def agreement_table(device="cpu", cases=AGREEMENT_CASES):
+    """Rows ``[model, size, mask, dtype, largest |logit difference|]``: random HF models (:func:`random_hf_model`)
+    against their conversions, in float32 and float64, at lengths that are a multiple of the chunks (64), that HF
+    pads (57) and shorter than a chunk (6); at full width one length, 100 (padded to 128)."""
+    rows = []
+    for name, small, causal in cases:
+        for dtype in (torch.float32, torch.float64):
+            hf_model = random_hf_model(name, small=small, causal=causal).to(device, dtype)
+            gap = largest_gap(hf_model, from_huggingface(hf_model), (64, 57, 6) if small else (100,))
+            rows.append([name.split("/")[1], "small" if small else "full width", "causal" if causal else "bidirectional",
+                         str(dtype).removeprefix("torch."), gap])
+    return rows
+
+
+def add_arguments(parser):
+    parser.add_argument("--published", metavar="NAME", help="also compare on Google's trained weights: a Hub id "
+                        "(google/reformer-crime-and-punishment, google/reformer-enwik8) or a save_pretrained folder")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 1000], help="with --published: sequence lengths")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, ...")
+    return parser
+
+
+def from_args(args, parser):
+    """``python -m minireformer hf``: the table of :func:`agreement_table`, then (``--published``) the same
+    comparison on the trained weights, hashing seeded on both sides (:func:`seed_hashing`)."""
+    import transformers
+
+    from . import measure
+
+    transformers.logging.set_verbosity_error()  # HF reports each padding; the table pads on purpose
+    device = measure.resolve_device(args.device)
+    header = ["model", "size", "mask", "dtype", "largest |logit difference|"]
+    rows = agreement_table(device)
+    if args.published:
+        hf_model = published(args.published)
+        if hf_model is None:
+            parser.error(HOW_TO_RUN)
+        for dtype in (torch.float32, torch.float64):
+            trained = seed_hashing(copy.deepcopy(hf_model)).to(device, dtype)
+            gap = largest_gap(trained, from_huggingface(trained), args.lengths, batch=1)
+            rows.append([args.published.split("/")[-1], "trained", "causal", str(dtype).removeprefix("torch."), gap])
+    print(f"HF transformers' Reformer against ReformerLM converted from it (random weights unless 'trained'), "
+          f"{measure.machine()}")
+    print(measure.format_table(header, [row[:-1] + [f"{row[-1]:.1e}"] for row in rows], align="<<<<>"))
 
 
 def changed_options(config):

@@ -187,3 +187,17 @@ def test_bad_input_is_named():
     ours = from_huggingface(theirs)
     with pytest.raises(ValueError, match="max_len"):
         ours(tokens(320, 129))
+
+
+def test_the_command_prints_the_table_and_compares_trained_weights_with_hashing_seeded(tmp_path, capsys):
+    from minireformer.__main__ import main
+
+    trained = random_hf_model(CRIME, seed=7, hash_seed=None)  # stands in for Google's: no hash_seed, as published
+    trained.save_pretrained(tmp_path / "trained")
+    assert largest_difference(trained, from_huggingface(trained), tokens(320, 64)) > 1e-3  # unseeded: other buckets
+    main(["hf", "--published", str(tmp_path / "trained"), "--lengths", "64", "100", "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.startswith("reformer-") or line.startswith("trained")]
+    assert len(rows) == 12 and [row[1] for row in rows].count("small") == 8
+    gaps = {(row[0], row[1], row[-2]): float(row[-1]) for row in rows if row[1] == "trained"}
+    assert gaps[("trained", "trained", "float32")] < TOLERANCE and gaps[("trained", "trained", "float64")] < FLOAT64
