@@ -129,23 +129,14 @@ def test_greedy_generation_gives_the_same_tokens(name):
         assert cached.tolist() == expected.tolist()
 
 
-def test_without_hash_seed_the_rotations_are_random_and_the_model_still_trains():
+def test_without_hash_seed_the_rotations_are_new_every_pass():
+    """As HF draws them (the reversible backward replays them: tests/test_model.py, the published options)."""
     theirs = random_hf_model(ENWIK8, hash_seed=None)
     ours = from_huggingface(theirs)
     assert ours.config.lsh_options["hash_seed"] is None
     x = tokens(258, 40)
     with torch.no_grad():
-        assert not torch.equal(ours(x), ours(x))  # new rotations every pass, as HF draws them
-    ours.train()  # the reversible backward through local and LSH layers gives ordinary autograd's gradients
-    ours.double()
-    grads = []
-    for reversible in (True, False):
-        ours.layers.reversible = reversible
-        ours.zero_grad()
-        torch.manual_seed(0)
-        ours(x).logsumexp(-1).sum().backward()
-        grads.append([p.grad.clone() for p in ours.parameters()])
-    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(*grads))
+        assert not torch.equal(ours(x), ours(x))
 
 
 def test_a_local_copy_loads_and_samples_and_a_missing_one_is_none_at_once(tmp_path, monkeypatch):

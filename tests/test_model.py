@@ -214,9 +214,10 @@ HF_LIKE = dict(SMALL, layer_attention=("local", "lsh"), local_options=dict(chunk
                activation="relu", norm_eps=1e-12, merge="concat", dropout=0.1)
 
 
-def test_the_published_options_train_through_the_reversible_backward():
+@pytest.mark.parametrize("hash_seed", [3, None])  # None: fresh rotations each pass, replayed in backward
+def test_the_published_options_train_through_the_reversible_backward(hash_seed):
     torch.manual_seed(0)
-    model = ReformerLM(**HF_LIKE).double()
+    model = ReformerLM(**dict(HF_LIKE, lsh_options=dict(HF_LIKE["lsh_options"], hash_seed=hash_seed))).double()
     assert [type(w.fn).__name__ for w in model.attention_layers()] == ["LocalSelfAttention", "LSHSelfAttention"]
     assert model.positions.rows.shape == (4, 4) and model.norm.normalized_shape == (32,)
     x = tokens(length=29)  # padded to 32 inside both layers
