@@ -134,16 +134,18 @@ def weight_names(config):
 
 
 def load_weights(model, hf_state):
-    """Copy HF's tensors (a state dict) into ``model``, each reshaped to ours; a ValueError names any missing or
-    misshapen one."""
+    """Copy HF's tensors (a state dict) into ``model``; each must have our shape up to dimensions of size 1 (HF's axial
+    tables are ``[rows, 1, d]``); a ValueError names any missing or misshapen one."""
     names, ours = weight_names(model.config), model.state_dict()
     if set(names) != set(ours):
         raise ValueError(f"the weight map does not cover the model: {sorted(set(names) ^ set(ours))}")
     with torch.no_grad():
         for mine, theirs in names.items():
-            if theirs not in hf_state or hf_state[theirs].numel() != ours[mine].numel():
+            if theirs not in hf_state or [n for n in hf_state[theirs].shape if n != 1] != \
+                    [n for n in ours[mine].shape if n != 1]:
                 got = tuple(hf_state[theirs].shape) if theirs in hf_state else "nothing"
-                raise ValueError(f"HF's {theirs} must hold {tuple(ours[mine].shape)} numbers for our {mine}, got {got}")
+                raise ValueError(f"HF's {theirs} must have shape {tuple(ours[mine].shape)} (up to sizes of 1) for our "
+                                 f"{mine}, got {got}")
             ours[mine].copy_(hf_state[theirs].reshape(ours[mine].shape))
     return model
 

@@ -178,6 +178,12 @@ def test_bad_input_is_named():
     ours = from_huggingface(theirs)
     with pytest.raises(ValueError, match="max_len"):
         ours(tokens(320, 129))
+    state = theirs.state_dict()
+    head = "lm_head.decoder.weight"  # [320, 64]: the same numbers as [64, 320], not the same tensor
+    for broken, match in ((dict(state, **{head: state[head].T}), "must have shape \\(320, 64\\)"),
+                          ({k: v for k, v in state.items() if k != head}, "got nothing")):
+        with pytest.raises(ValueError, match=match):
+            hf.load_weights(from_huggingface(theirs), broken)
 
 
 def test_the_command_prints_the_table_and_compares_trained_weights_with_hashing_seeded(tmp_path, capsys):
