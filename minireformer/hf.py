@@ -342,7 +342,7 @@ def changed_options(config):
 
 # ---- Google's trained weights: from a local copy, or downloaded where the Hub answers --------------------------
 HOW_TO_RUN = ("Google's trained model is neither in HF's cache here nor downloadable (no connection to "
-              "huggingface.co). On a machine with internet access this cell downloads it (about 10 MB); or copy a "
+              "huggingface.co). On a machine with internet access this cell downloads it (10.5 MiB of weights); or copy a "
               "folder saved with model.save_pretrained(folder) here and pass its path instead of the model's name.")
 
 
