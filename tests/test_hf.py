@@ -90,7 +90,7 @@ def test_the_published_crime_and_punishment_shape_at_full_width():
     theirs = random_hf_model(CRIME, small=False, seed=2)
     ours = from_huggingface(theirs)
     count = sum(p.numel() for p in ours.parameters())  # lesson 08: "2.7M parameters, 10.5 MiB in float32"
-    assert count == sum(p.numel() for p in theirs.parameters()) == 2_748_544 and round(count * 4 / 2**20, 1) == 10.5
+    assert count == 2_748_224 and round(count * 4 / 2**20, 1) == 10.5  # HF has 320 more: lm_head.bias, untied from the decoder.bias its forward uses
     assert largest_difference(theirs, ours, tokens(320, 100, batch=1)) < TOLERANCE
 
 
