@@ -191,7 +191,8 @@ class LSHSelfAttention(_SelfAttention):
         for name, value in (("scale", scale), ("key_eps", key_eps)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
                                       or (name == "scale" and value == 0)):
-                raise ValueError(f"{name} must be None or a number {'> 0' if name == 'scale' else '>= 0'}, got {value!r}")
+                bound = "> 0" if name == "scale" else ">= 0"
+                raise ValueError(f"{name} must be None or a number {bound}, got {value!r}")
         self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets
         self.causal, self.look_back, self.same_bucket_only, self.dedup = causal, look_back, same_bucket_only, dedup
         self.scale, self.key_eps, self.concat_rounds, self.pad_multiple = scale, key_eps, concat_rounds, pad_multiple
@@ -274,7 +275,8 @@ class LocalSelfAttention(_SelfAttention):
         super().__init__(d_model, n_heads, dropout, shared_qk=False, d_head=d_head, out_bias=out_bias)
         check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
         if check_int("look_ahead", look_ahead, least=0) and causal:
-            raise ValueError(f"look_ahead must be 0 when causal=True (the chunks after are all masked), got {look_ahead}")
+            raise ValueError(f"look_ahead must be 0 when causal=True (the chunks after are all masked), "
+                             f"got {look_ahead}")
         self.chunk_len, self.look_back, self.look_ahead, self.causal = chunk_len, look_back, look_ahead, causal
         self.pad_multiple = pad_multiple
 

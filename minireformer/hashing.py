@@ -116,7 +116,8 @@ def hash_factorized(x, rotations, factors, hash_fn=hash_vectors):
     The columns of R are split into groups of ``n_i / 2``; each group hashes on its own,
     ``h_i(x) = argmax([x R_i; -x R_i])`` in ``[0, n_i)``, and the ids are read as the digits of one number,
     the first group the lowest digit: ``h(x) = h_1 + n_1 (h_2 + n_2 (h_3 + ...))``.
-    ``rotations [..., d, sum(factors) / 2]`` as for ``hash_fn`` (:func:`hash_vectors`, or :func:`hash_block`); returns ids in ``[0, prod(factors))``.
+    ``rotations [..., d, sum(factors) / 2]`` as for ``hash_fn`` (:func:`hash_vectors`, or :func:`hash_block`);
+    returns ids in ``[0, prod(factors))``.
     """
     check_bucket_factors(factors)
     if sum(factors) != 2 * rotations.shape[-1]:

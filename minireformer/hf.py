@@ -281,9 +281,10 @@ def largest_gap(hf_model, ours, lengths, *, batch=2, seed=0):
 
 
 # (model, shrunk, causal): both published shapes, and crime-and-punishment at its real widths
-AGREEMENT_CASES = [("google/reformer-crime-and-punishment", True, True), ("google/reformer-crime-and-punishment", True, False),
-                   ("google/reformer-crime-and-punishment", False, True), ("google/reformer-enwik8", True, True),
-                   ("google/reformer-enwik8", True, False)]
+AGREEMENT_CASES = [("google/reformer-crime-and-punishment", True, True),
+                   ("google/reformer-crime-and-punishment", True, False),
+                   ("google/reformer-crime-and-punishment", False, True),
+                   ("google/reformer-enwik8", True, True), ("google/reformer-enwik8", True, False)]
 
 
 def agreement_table(device="cpu", cases=AGREEMENT_CASES):
@@ -295,8 +296,8 @@ def agreement_table(device="cpu", cases=AGREEMENT_CASES):
         for dtype in (torch.float32, torch.float64):
             hf_model = random_hf_model(name, small=small, causal=causal).to(device, dtype)
             gap = largest_gap(hf_model, from_huggingface(hf_model), (64, 57, 6) if small else (100,))
-            rows.append([name.split("/")[1], "small" if small else "full width", "causal" if causal else "bidirectional",
-                         str(dtype).removeprefix("torch."), gap])
+            rows.append([name.split("/")[1], "small" if small else "full width",
+                         "causal" if causal else "bidirectional", str(dtype).removeprefix("torch."), gap])
     return rows
 
 
@@ -342,8 +343,9 @@ def changed_options(config):
 
 # ---- Google's trained weights: from a local copy, or downloaded where the Hub answers --------------------------
 HOW_TO_RUN = ("Google's trained model is neither in HF's cache here nor downloadable (no connection to "
-              "huggingface.co). On a machine with internet access this cell downloads it (10.5 MiB of weights); or copy a "
-              "folder saved with model.save_pretrained(folder) here and pass its path instead of the model's name.")
+              "huggingface.co). On a machine with internet access this cell downloads it (10.5 MiB of weights); "
+              "or copy a folder saved with model.save_pretrained(folder) here and pass its path instead of the "
+              "model's name.")
 
 
 def hub_reachable(host="huggingface.co", timeout=3.0):

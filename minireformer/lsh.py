@@ -514,9 +514,10 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, sam
     copy of the query itself there counting as itself; by default each round wraps around on its own.
     ``key_eps``: keys ``q / sqrt(|q|^2 + d key_eps)`` (:func:`key_norms`; trax and HF: 1e-6) instead of ``q / |q|``.
     ``bucket_factors``: factorized buckets (HF's ``num_buckets=[n_1, n_2]``,
-    :func:`~minireformer.hashing.hash_factorized`), ``prod(bucket_factors)`` of them, the rotations' last dim ``sum(bucket_factors) / 2``. ``pad_multiple``: pad the
-    sequence to a multiple of this (a multiple of ``chunk_len``; HF pads to the least common multiple of its
-    layers' chunk lengths) instead of ``chunk_len``: the padding decides which chunk a window wraps around to.
+    :func:`~minireformer.hashing.hash_factorized`), ``prod(bucket_factors)`` of them, the rotations' last dim
+    ``sum(bucket_factors) / 2``. ``pad_multiple``: pad the sequence to a multiple of this (a multiple of
+    ``chunk_len``; HF pads to the least common multiple of its layers' chunk lengths) instead of ``chunk_len``:
+    the padding decides which chunk a window wraps around to.
     Returns ``[..., L, d]``, and with ``return_attention=True`` also the (detached) dense weights
     ``[..., L, L]``, summed over rounds with their combination weights (for pictures and tests at small L).
     """

@@ -123,7 +123,8 @@ class ReformerConfig:
             options = getattr(self, name)
             if options is not None and (not isinstance(options, dict) or set(options) - set(allowed)):
                 raise ValueError(f"{name} must be a dict with keys among {allowed}, got {options!r}")
-        chunks = {"lsh": self.chunk_len, "full": 1, "local": (self.local_options or {}).get("chunk_len", LOCAL_CHUNK_LEN)}
+        local_chunk = (self.local_options or {}).get("chunk_len", LOCAL_CHUNK_LEN)
+        chunks = {"lsh": self.chunk_len, "full": 1, "local": local_chunk}
         if self.pad_multiple is not None and any(check_int("pad_multiple", self.pad_multiple) % chunks[k]
                                                  for k in self.kinds()):
             raise ValueError(f"pad_multiple must be a multiple of every layer's chunk length "
@@ -242,8 +243,9 @@ class ReformerLM(nn.Module):
     def use_attention(self, kind, n_rounds=None, *, attention_fn=None):
         """Swap every layer's attention for ``kind`` ("lsh" or "full"), keeping its parameters (the same
         tensors, so an optimizer keeps working; local layers stay as they are); ``n_rounds`` sets the hash rounds
-        of LSH attention, and ``attention_fn`` a function to compute it with instead of :func:`~minireformer.lsh.lsh_attention` (see
-        :class:`~minireformer.attention.LSHSelfAttention`; lesson 02 trains with the learner's own)."""
+        of LSH attention, and ``attention_fn`` a function to compute it with instead of
+        :func:`~minireformer.lsh.lsh_attention` (see :class:`~minireformer.attention.LSHSelfAttention`; lesson 02
+        trains with the learner's own)."""
         if kind not in ("lsh", "full"):
             raise ValueError(f"kind must be 'lsh' or 'full', got {kind!r}")
         if kind == "full" and n_rounds is not None:

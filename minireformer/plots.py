@@ -208,8 +208,8 @@ def plot_lsh_stage(walk, stage):
     n_buckets, chunk_len = walk["n_buckets"], walk["chunk_len"]
     strip = stage in ("hash", "sort", "chunk")
     if stage == "combine":
-        return plot_attention_maps({f"LSH attention, {n_rounds} round{'s' * (n_rounds > 1)} combined": walk["attention"],
-                                    "full attention": walk["full"]})
+        title = f"LSH attention, {n_rounds} round{'s' * (n_rounds > 1)} combined"
+        return plot_attention_maps({title: walk["attention"], "full attention": walk["full"]})
     fig = Figure(figsize=(10, 1.3 * n_rounds + 0.6) if strip else (4.4 * n_rounds + 1, 4.6), layout="constrained")
     axes = fig.subplots(n_rounds, 1) if strip else fig.subplots(1, n_rounds)
     axes = [axes] if n_rounds == 1 else list(axes)

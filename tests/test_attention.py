@@ -144,7 +144,8 @@ def test_dropout_acts_on_the_output_only_in_training():
 # ---- local attention (the published Reformers' other layers) ------------------------------------------------------
 def local_reference(q, k, v, *, chunk_len, look_back, look_ahead, causal, padded):
     """The dense way: key j is in query i's window when its chunk is i's, one of the ``look_back`` before it or one of
-    the ``look_ahead`` after it, counted around the padded sequence's chunks (each chunk at most once); causal: j <= i."""
+    the ``look_ahead`` after it, counted around the padded sequence's chunks (each chunk at most once);
+    causal: j <= i."""
     length, n = q.shape[-2], padded // chunk_len
     back = min(look_back, n - 1)
     ahead = min(look_ahead, n - 1 - back)

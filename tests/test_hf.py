@@ -1,5 +1,5 @@
-"""HF transformers' Reformer loaded into ReformerLM (minireformer.hf): randomly initialized HF models shaped like the two
-published ones (shrunk in width and length, and one at full width) give HF's logits, causal and not, at lengths that
+"""HF transformers' Reformer loaded into ReformerLM (minireformer.hf): randomly initialized HF models shaped like the
+two published ones (shrunk in width and length, and one at full width) give HF's logits, causal and not, at lengths that
 are and are not a multiple of the chunk length, and the same 20 greedy tokens. In float64 the two are equal to 1e-10
 everywhere; in float32 to 1e-5 wherever HF's float32 is exact, and where it is not (a causal model with several hash
 rounds) ours is the closer to the exact value. transformers is the optional `compare` extra; the README's test command
@@ -50,7 +50,8 @@ def test_logits_equal_hf_in_float64(name, causal):
 # HF's float32 is exact wherever no token attends only to copies of itself: with one hash round (crime and
 # punishment) or without the causal mask, that is everywhere
 @pytest.mark.parametrize("name, causal", [(CRIME, True), (CRIME, False), (ENWIK8, False)],
-                         ids=["crime_and_punishment-causal", "crime_and_punishment-bidirectional", "enwik8-bidirectional"])
+                         ids=["crime_and_punishment-causal", "crime_and_punishment-bidirectional",
+                              "enwik8-bidirectional"])
 def test_logits_equal_hf_in_float32(name, causal):
     theirs = random_hf_model(name, causal=causal)
     ours = from_huggingface(theirs)
@@ -90,7 +91,8 @@ def test_the_published_crime_and_punishment_shape_at_full_width():
     theirs = random_hf_model(CRIME, small=False, seed=2)
     ours = from_huggingface(theirs)
     count = sum(p.numel() for p in ours.parameters())  # lesson 08: "2.7M parameters, 10.5 MiB in float32"
-    assert count == 2_748_224 and round(count * 4 / 2**20, 1) == 10.5  # HF has 320 more: lm_head.bias, untied from the decoder.bias its forward uses
+    # (HF's has 320 more: an lm_head.bias, untied from the decoder.bias its forward uses)
+    assert count == 2_748_224 and round(count * 4 / 2**20, 1) == 10.5
     assert largest_difference(theirs, ours, tokens(320, 100, batch=1)) < TOLERANCE
 
 
