@@ -21,32 +21,34 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from . import bench, complexity, experiments, fullscale, hf, longseq, plan, train as training
+from .hf import convert as hf
+from .measuring import bench, complexity
+from .measuring.timing import machine
+from .training import duplication, fullscale, longseq, plan, trainer
+from .training.data import duplication_batch
 
 
 def figures():
     """File name in figures/ -> function that draws it: the one place that joins an experiment (the module
-    that measures) to its picture (``plots``); the lessons draw the same figures with the same calls. Imported
-    here, when figures are drawn, so that the other commands do not load matplotlib."""
-    import torch
+    that measures) to its picture (``course.plots``); the lessons draw the same figures with the same calls.
+    Imported here, when figures are drawn, so that the other commands do not load matplotlib."""
+    from .course import lab, plots
 
-    from . import hashing, lab, plots
-    from .data import duplication_batch
-
-    angles = hashing.angle_grid()  # 0°, 5°, ..., 180°
+    angles = lab.angle_grid()  # 0°, 5°, ..., 180°
 
     def collision_rounds():
-        measured = {r: hashing.collision_curves(angles, (8,), n_rounds=r)[8] for r in (1, 2, 4, 8)}
+        measured = {r: lab.collision_curves(angles, (8,), n_rounds=r)[8] for r in (1, 2, 4, 8)}
         return plots.plot_rounds(angles, measured, single=measured[1])
 
     depths, drift_depths, n_chunks, recall_rounds = [1, 2, 4, 8, 12], [1, 2, 4, 8, 16, 24], [1, 2, 4, 8, 16], [1, 2, 4, 8]
     return {
         "hash_rotation.png": plots.plot_hash_rotation,
         "collision_probability.png": lambda: plots.plot_collision_curves(
-            angles, hashing.collision_curves(angles),
-            exact={"2 buckets, exact: 1 - θ/π": hashing.two_bucket_collision_probability(angles)}),
+            angles, lab.collision_curves(angles),
+            exact={"2 buckets, exact: 1 - θ/π": lab.two_bucket_collision_probability(angles)}),
         "collision_rounds.png": collision_rounds,
         "lsh_sort.png": lambda: plots.plot_lsh_stage(lab.lsh_walkthrough(), "sort"),  # lesson 02
         "lsh_attention.png": lambda: plots.plot_lsh_stage(lab.lsh_walkthrough(), "combine"),
@@ -100,9 +102,9 @@ def main(argv=None):
                                 f"{'' if name == 'c' else f'; with --measure {complexity.MEASURE[name]}'})")
     complexity.add_measure_arguments(table)  # lesson 05: --measure, --chunk-len, --ff-chunk-size, --repeats
     subparsers = {
-        "train": training.add_train_arguments(commands.add_parser("train", help="train a model (see train --help)")),
-        "eval": training.add_eval_arguments(commands.add_parser("eval", help="evaluate a checkpoint")),
-        "duplication": experiments.add_duplication_arguments(
+        "train": trainer.add_train_arguments(commands.add_parser("train", help="train a model (see train --help)")),
+        "eval": trainer.add_eval_arguments(commands.add_parser("eval", help="evaluate a checkpoint")),
+        "duplication": duplication.add_duplication_arguments(
             commands.add_parser("duplication", help="the paper's Table 2 (duplication task), beside the paper's")),
         "longseq": longseq.add_arguments(commands.add_parser("longseq", help="lesson 07: long-sequence experiments")),
         "bench": bench.add_arguments(commands.add_parser("bench", help="benchmarks: bench attention | bench reversible | bench buckets")),
@@ -126,22 +128,22 @@ def main(argv=None):
         except ValueError as error:
             parser.error(str(error))
         print(", ".join(f"{k}={v}" for k, v in values.items()))
-        print(complexity.format_table(rows))
+        print(complexity.format_complexity(rows))
     elif args.command == "train":
-        training.train_from_args(args, subparsers["train"])
+        trainer.train_from_args(args, subparsers["train"])
     elif args.command == "eval":
-        training.eval_from_args(args, subparsers["eval"])
+        trainer.eval_from_args(args, subparsers["eval"])
     elif args.command == "duplication":
-        experiments.duplication_from_args(args, subparsers["duplication"])
+        duplication.duplication_from_args(args, subparsers["duplication"])
     elif args.command == "longseq":
         longseq.from_args(args, subparsers["longseq"])
     elif args.command == "bench":
         rows = bench.from_args(args, subparsers["bench"])
         if args.figure and args.what in ("attention", "reversible"):
-            from . import measure, plots
+            from .course import plots
 
             draw = plots.plot_bench_attention if args.what == "attention" else plots.plot_bench_reversible
-            draw(rows, title=measure.machine()).savefig(args.figure, dpi=100)
+            draw(rows, title=machine()).savefig(args.figure, dpi=100)
             print(f"figure: {args.figure}")
     elif args.command == "plan":
         plan.from_args(args, subparsers["plan"])

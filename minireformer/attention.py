@@ -9,12 +9,8 @@ Q = K; it turns out that this does not affect the performance of Transformer." T
 With Q = K every query would attend most to itself, so the self score gets the bias ``-1e5``: a token
 attends itself only when nothing else is allowed (the first token under ``causal=True``).
 
-Local attention (trax, HF: the published Reformers alternate it with LSH layers) needs no hash: the sequence is
-cut into chunks in its original order, and each chunk attends to itself and ``look_back`` chunks before it,
-with separate Q and K, ``softmax(Q K^T / sqrt(d_k))`` and no self bias.
-
 Shapes: functions take ``[..., L, d]``; modules take ``x [B, L, d_model]`` and return ``[B, L, d_model]``,
-with ``n_heads`` heads of ``d_head`` (default ``d_model // n_heads``).
+with ``n_heads`` heads of ``d_model // n_heads``.
 """
 
 import math
@@ -23,9 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minireformer.checks import check_int
-from minireformer.hashing import check_bucket_factors, check_n_buckets, random_rotations
-from minireformer.lsh import SELF_BIAS, chunk_mask, look_back_chunks, lsh_attention, split_chunks
+from .checks import check_int
+from .fast_lsh import blocked_attention, hash_buckets
+from .hashing import check_n_buckets, random_rotations
+from .lsh import PAPER, SELF_BIAS, conventions_of
 
 
 def full_attention(qk, v, *, causal=False, return_attention=False):
@@ -64,73 +61,26 @@ def dense_attention(q, k, v, *, causal=False, return_attention=False):
     return out, scores.softmax(dim=-1)
 
 
-def local_attention(q, k, v, *, chunk_len, look_back=1, look_ahead=0, causal=False, pad_multiple=None,
-                    return_attention=False):
-    """Attention within chunks of the original order: ``q, k, v [..., L, d]`` -> ``[..., L, d]``, no L x L tensor.
-
-    The steps of LSH attention without the hash and the sort: pad to a multiple of ``chunk_len`` (or of
-    ``pad_multiple``), :func:`~minireformer.lsh.split_chunks`, a window of the chunk and the ``look_back``
-    before it (:func:`~minireformer.lsh.look_back_chunks`, wrapping around as there) and ``look_ahead`` after it,
-    :func:`~minireformer.lsh.chunk_mask` (padding, causality), ``softmax(q k^T / sqrt(d))``. A key is never taken
-    twice: with fewer chunks than the window spans, the look-back and then the look-ahead shrink (HF would count
-    such keys twice). ``return_attention=True`` also returns the weights ``[..., L, L]``.
-    """
-    if not (q.shape == k.shape == v.shape) or q.dim() < 2:
-        raise ValueError(f"q, k and v must have the same shape [..., L, d], got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
-    check_int("look_ahead", look_ahead, least=0)
-    multiple = chunk_len if pad_multiple is None else check_int("pad_multiple", pad_multiple)
-    if multiple % chunk_len:
-        raise ValueError(f"pad_multiple must be a multiple of chunk_len={chunk_len}, got {pad_multiple}")
-    dtype, length = q.dtype, q.shape[-2]
-    padded = -(-length // multiple) * multiple
-    compute_dtype = torch.promote_types(dtype, torch.float32)
-    with torch.autocast(q.device.type, enabled=False):
-        q, k, v = (split_chunks(F.pad(t.to(compute_dtype), (0, 0, 0, padded - length)), chunk_len, dim=-2)
-                   for t in (q, k, v))  # [..., n, c, d]
-        position = split_chunks(torch.arange(padded, device=q.device), chunk_len)  # [n, c]
-        back = min(look_back, position.shape[0] - 1)
-        ahead = min(look_ahead, position.shape[0] - 1 - back)
-
-        def window(x, dim):  # [..., n, c(, d)] -> [..., n, w(, d)]: own chunk, look_back before, look_ahead after
-            return torch.cat([look_back_chunks(x, back, dim), *(x.roll(-s, dims=dim) for s in range(1, ahead + 1))],
-                             dim=dim + 1)
-
-        k_pos = window(position, -2)  # [n, w]
-        allowed = chunk_mask(position, k_pos, None, None, length=length, causal=causal, same_bucket_only=False)
-        scores = (q * q.shape[-1] ** -0.5) @ window(k, -3).mT  # [..., n, c, w]
-        probs = torch.where(allowed, scores, torch.finfo(scores.dtype).min).softmax(dim=-1)
-        out = (probs @ window(v, -3)).flatten(-3, -2)[..., :length, :].to(dtype)  # [..., L, d]
-        if not return_attention:
-            return out
-        dense = probs.new_zeros(*probs.shape[:-1], padded).scatter_add_(-1, k_pos[:, None].expand_as(probs), probs)
-        return out, dense.flatten(-3, -2)[..., :length, :length].to(dtype)  # [..., L, L]
-
-
-LOCAL_CHUNK_LEN = 64  # trax's and HF's local_attn_chunk_length
-
-
 def default_n_buckets(length, chunk_len):
     """The paper's ``n_buckets = 2 L / chunk_len`` (so a bucket averages half a chunk), as an even number >= 2."""
     return 2 * max(1, math.ceil(length / chunk_len))
 
 
-class _SelfAttention(nn.Module):
-    """Heads, projections and dropout around an attention function of ``[B, h, L, d_head]`` tensors."""
+class SelfAttention(nn.Module):
+    """Heads, projections and dropout around an attention function of ``[B, h, L, d_head]`` tensors: the part the
+    attention layers share. ``shared_qk``: one projection gives queries and keys (``to_qk``); else ``to_q``, ``to_k``."""
 
-    def __init__(self, d_model, n_heads, dropout, shared_qk, d_head=None, out_bias=True):
+    def __init__(self, d_model, n_heads, dropout, shared_qk):
         super().__init__()
-        if d_head is None and d_model % n_heads:
+        if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        inner = d_model if d_head is None else n_heads * check_int("d_head", d_head)  # HF: n_heads * d_head != d_model
         self.d_model, self.n_heads = d_model, n_heads
         if shared_qk:
-            self.to_qk = nn.Linear(d_model, inner, bias=False)  # one projection gives queries and keys
+            self.to_qk = nn.Linear(d_model, d_model, bias=False)  # one projection gives queries and keys
         else:
-            self.to_q, self.to_k = nn.Linear(d_model, inner, bias=False), nn.Linear(d_model, inner, bias=False)
-        self.to_v = nn.Linear(d_model, inner, bias=False)
-        self.to_out = nn.Linear(inner, d_model, bias=out_bias)  # HF's output projection has no bias
+            self.to_q, self.to_k = nn.Linear(d_model, d_model, bias=False), nn.Linear(d_model, d_model, bias=False)
+        self.to_v = nn.Linear(d_model, d_model, bias=False)
+        self.to_out = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
 
     def heads(self, x):  # [B, L, n_heads d_head] -> [B, h, L, d_head]
@@ -153,106 +103,81 @@ class _SelfAttention(nn.Module):
         return self.attend(x, return_attention=True)[1]
 
 
-class LSHSelfAttention(_SelfAttention):
-    """Multi-round LSH self-attention with shared QK (see :mod:`minireformer.lsh`).
+class LSHSelfAttention(SelfAttention):
+    """Multi-round LSH self-attention with shared QK (:mod:`minireformer.lsh`, run by :mod:`minireformer.fast_lsh`).
 
     ``n_buckets=None`` uses the paper's ``2 L / chunk_len`` for the current L. ``n_rounds`` is a plain
     attribute: evaluate with more (or fewer) rounds than you trained with by setting it. The rotations
     are drawn anew in every forward pass from torch's global RNG on x's device, so replaying that RNG
     state (as a reversible layer does in its backward pass) reproduces the same buckets. For fixed
     pictures set ``self.generator`` (a ``torch.Generator``) or ``self.rotations`` (a fixed tensor
-    ``[n_rounds, d_head, n_buckets // 2]``, which then also fixes n_rounds and n_buckets).
+    ``[n_rounds, d_head, n_buckets // 2]``, which then also fixes n_rounds and n_buckets). ``conventions``:
+    :class:`~minireformer.lsh.Conventions` (or a preset's name: ``"trax"``, ``"hf"``, ...).
 
     ``attention_fn``: another function with :func:`~minireformer.lsh.lsh_attention`'s defaults, called as
     ``attention_fn(qk, v, rotations, chunk_len=..., causal=...)`` (lesson 02's capstone plugs the learner's own
-    in). It knows no other options, so the layer must keep ``look_back=1``, ``same_bucket_only=True`` and
-    ``dedup=False`` (and the defaults below).
-
-    The anchors' conventions (HF transformers, trax; :mod:`minireformer.hf` sets them): ``scale``, ``key_eps``,
-    ``concat_rounds``, ``pad_multiple`` as in :func:`~minireformer.lsh.lsh_attention`; ``n_buckets`` a tuple
-    ``(n_1, n_2)`` for factorized buckets; ``rotations_per_head=True`` draws one rotation per head; ``hash_seed``
-    draws HF's rotations in every forward pass: ``[n_heads, d_head, n_rounds, n_buckets // 2]`` from a generator
-    seeded with it, on x's device and in its dtype (HF seeds torch's global RNG instead; the numbers are the same).
+    in). It knows no other options, so the layer must keep ``look_back=1``, ``dedup=False`` and the paper's
+    conventions.
     """
 
+    tape = None  # a fast_lsh.BucketTape while a reversible stack records or replays this layer (reversible.py)
+
     def __init__(self, d_model, n_heads, *, n_rounds=4, chunk_len=64, n_buckets=None, causal=False, look_back=1,
-                 same_bucket_only=True, dedup=False, dropout=0.0, attention_fn=None, d_head=None, out_bias=True,
-                 scale=None, key_eps=None, concat_rounds=False, pad_multiple=None, rotations_per_head=False,
-                 hash_seed=None):
-        super().__init__(d_model, n_heads, dropout, shared_qk=True, d_head=d_head, out_bias=out_bias)
+                 dedup=False, dropout=0.0, conventions=PAPER, attention_fn=None):
+        super().__init__(d_model, n_heads, dropout, shared_qk=True)
         check_int("n_rounds", n_rounds), check_int("chunk_len", chunk_len)
-        if isinstance(n_buckets, (tuple, list)):
-            check_bucket_factors(n_buckets)
-            n_buckets = tuple(n_buckets)
-        elif n_buckets is not None:
+        if n_buckets is not None:
             check_n_buckets(n_buckets)
-        if hash_seed is not None:
-            check_int("hash_seed", hash_seed, least=0)
-        for name, value in (("scale", scale), ("key_eps", key_eps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-                                      or (name == "scale" and value == 0)):
-                bound = "> 0" if name == "scale" else ">= 0"
-                raise ValueError(f"{name} must be None or a number {bound}, got {value!r}")
-        self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets
-        self.causal, self.look_back, self.same_bucket_only, self.dedup = causal, look_back, same_bucket_only, dedup
-        self.scale, self.key_eps, self.concat_rounds, self.pad_multiple = scale, key_eps, concat_rounds, pad_multiple
-        self.rotations_per_head, self.hash_seed = rotations_per_head, hash_seed
+        self.n_rounds, self.chunk_len, self.n_buckets, self.causal = n_rounds, chunk_len, n_buckets, causal
+        self.look_back, self.dedup, self.conventions = look_back, dedup, conventions_of(conventions)
         self.generator, self.rotations, self.attention_fn = None, None, attention_fn
         self.check_attention_fn()
 
     def check_attention_fn(self):
         """An ``attention_fn`` is called with lsh_attention's defaults only: refuse the options it cannot honour
         (checked when the layer is made and at every call, since the options are plain attributes)."""
-        options = (self.look_back, self.same_bucket_only, self.dedup)
-        if self.attention_fn is not None and options != (1, True, False):
+        options = (self.look_back, self.dedup, self.conventions)
+        if self.attention_fn is not None and options != (1, False, PAPER):
             raise ValueError("attention_fn is called with lsh_attention's defaults only: it needs look_back=1, "
-                             f"same_bucket_only=True and dedup=False, got {options[0]}, {options[1]}, {options[2]}")
-        conventions = dict(scale=self.scale, key_eps=self.key_eps, concat_rounds=self.concat_rounds,
-                           pad_multiple=self.pad_multiple, rotations_per_head=self.rotations_per_head,
-                           hash_seed=self.hash_seed, factorized_buckets=isinstance(self.n_buckets, tuple))
-        changed = {name: value for name, value in conventions.items() if value not in (None, False)}
-        if self.attention_fn is not None and changed:
-            raise ValueError(f"attention_fn is called with lsh_attention's defaults only: it cannot honour {changed}")
+                             f"dedup=False and the paper's conventions, got {options[0]}, {options[1]}, {options[2]}")
 
     def draw_rotations(self, qk):
         """This call's rotations for ``qk [B, h, L, d_head]``: ``[n_rounds, d_head, n_buckets // 2]`` shared by the
-        heads, or one per head, ``[n_heads, n_rounds, d_head, n_buckets // 2]`` (``rotations_per_head``, ``hash_seed``);
-        ``n_buckets // 2`` is ``sum(n_buckets) // 2`` for factorized buckets."""
+        heads, or with ``conventions.rotations_per_head`` one per head, ``[n_heads, n_rounds, d_head, n_buckets // 2]``."""
         if self.rotations is not None:
             return self.rotations
-        n_buckets = self.n_buckets or default_n_buckets(qk.shape[-2], self.chunk_len)
-        columns, d = (sum(n_buckets) if isinstance(n_buckets, tuple) else n_buckets), qk.shape[-1]
-        if self.hash_seed is not None:  # as HF: manual_seed(hash_seed), then randn [heads, d, rounds, columns / 2]
-            generator = torch.Generator(qk.device).manual_seed(self.hash_seed)
-            rotations = torch.randn(self.n_heads, d, self.n_rounds, columns // 2, generator=generator,
-                                    device=qk.device, dtype=qk.dtype)
-            return rotations.permute(0, 2, 1, 3)  # [heads, rounds, d, columns / 2]
-        heads = self.n_heads if self.rotations_per_head else 1
-        rotations = random_rotations(d, columns, self.n_rounds * heads, generator=self.generator, device=qk.device)
-        return rotations.unflatten(0, (heads, self.n_rounds)) if self.rotations_per_head else rotations
+        n_buckets, d = self.n_buckets or default_n_buckets(qk.shape[-2], self.chunk_len), qk.shape[-1]
+        heads = self.n_heads if self.conventions.rotations_per_head else 1
+        rotations = random_rotations(d, n_buckets, self.n_rounds * heads, generator=self.generator, device=qk.device)
+        return rotations.unflatten(0, (heads, self.n_rounds)) if heads > 1 else rotations
+
+    def hash(self, qk, rotations):
+        """``(buckets [B, h, n_rounds, L], n_buckets)`` of ``qk [B, h, L, d_head]``: the fast hash."""
+        return hash_buckets(qk, rotations), 2 * rotations.shape[-1]
 
     def attend(self, x, return_attention=False):
-        """The heads' output ``[B, h, L, d_head]`` (and with ``return_attention`` the weights ``[B, h, L, L]``,
-        from :func:`~minireformer.lsh.lsh_attention` even when an ``attention_fn`` is set)."""
+        """The heads' output ``[B, h, L, d_head]`` (and with ``return_attention`` the weights ``[B, h, L, L]``, from
+        the package's attention even when an ``attention_fn`` is set). With a tape lent by a reversible stack
+        the buckets are recorded, or played back (:class:`~minireformer.fast_lsh.BucketTape`)."""
         self.check(x)
         qk, v = self.heads(self.to_qk(x)), self.heads(self.to_v(x))  # [B, h, L, d_head]
         rotations = self.draw_rotations(qk)
         if self.attention_fn is not None and not return_attention:
             self.check_attention_fn()
             return self.attention_fn(qk, v, rotations.to(qk.dtype), chunk_len=self.chunk_len, causal=self.causal)
-        factors = self.n_buckets if isinstance(self.n_buckets, tuple) else None
-        return lsh_attention(qk, v, rotations, chunk_len=self.chunk_len, causal=self.causal, look_back=self.look_back,
-                             same_bucket_only=self.same_bucket_only, dedup=self.dedup, scale=self.scale,
-                             key_eps=self.key_eps, concat_rounds=self.concat_rounds, bucket_factors=factors,
-                             pad_multiple=self.pad_multiple, return_attention=return_attention)
+        tape = self.tape
+        buckets, n_buckets = self.hash(qk, rotations) if tape is None else tape.buckets(self.hash, qk, rotations)
+        return blocked_attention(qk, v, buckets, n_buckets, chunk_len=self.chunk_len, causal=self.causal,
+                                 look_back=self.look_back, dedup=self.dedup, conventions=self.conventions,
+                                 return_attention=return_attention, keep=tape is not None and tape.replaying)
 
 
-class FullSelfAttention(_SelfAttention):
+class FullSelfAttention(SelfAttention):
     """Full self-attention, the same interface: shared-QK with the Reformer's conventions by default, or
     ordinary separate Q and K (``shared_qk=False``) through ``scaled_dot_product_attention``."""
 
-    def __init__(self, d_model, n_heads, *, causal=False, dropout=0.0, shared_qk=True, d_head=None, out_bias=True):
-        super().__init__(d_model, n_heads, dropout, shared_qk=shared_qk, d_head=d_head, out_bias=out_bias)
+    def __init__(self, d_model, n_heads, *, causal=False, dropout=0.0, shared_qk=True):
+        super().__init__(d_model, n_heads, dropout, shared_qk=shared_qk)
         self.causal, self.shared_qk = causal, shared_qk
 
     def attend(self, x, return_attention=False):
@@ -263,26 +188,3 @@ class FullSelfAttention(_SelfAttention):
             return full_attention(self.heads(self.to_qk(x)), v, causal=self.causal, return_attention=return_attention)
         return dense_attention(self.heads(self.to_q(x)), self.heads(self.to_k(x)), v, causal=self.causal,
                                return_attention=return_attention)
-
-
-class LocalSelfAttention(_SelfAttention):
-    """Local self-attention (:func:`local_attention`): separate Q, K and V projections, chunks of ``chunk_len``
-    positions in the original order, each seeing ``look_back`` chunks before it and ``look_ahead`` after it
-    (HF's ``local_num_chunks_before`` / ``_after``); ``pad_multiple`` as in :func:`local_attention`."""
-
-    def __init__(self, d_model, n_heads, *, chunk_len=LOCAL_CHUNK_LEN, look_back=1, look_ahead=0, causal=False,
-                 dropout=0.0, pad_multiple=None, d_head=None, out_bias=True):
-        super().__init__(d_model, n_heads, dropout, shared_qk=False, d_head=d_head, out_bias=out_bias)
-        check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
-        if check_int("look_ahead", look_ahead, least=0) and causal:
-            raise ValueError(f"look_ahead must be 0 when causal=True (the chunks after are all masked), "
-                             f"got {look_ahead}")
-        self.chunk_len, self.look_back, self.look_ahead, self.causal = chunk_len, look_back, look_ahead, causal
-        self.pad_multiple = pad_multiple
-
-    def attend(self, x, return_attention=False):
-        """The heads' output ``[B, h, L, d_head]`` (and with ``return_attention`` the weights ``[B, h, L, L]``)."""
-        self.check(x)
-        q, k, v = (self.heads(f(x)) for f in (self.to_q, self.to_k, self.to_v))  # [B, h, L, d_head]
-        return local_attention(q, k, v, chunk_len=self.chunk_len, look_back=self.look_back, look_ahead=self.look_ahead,
-                               causal=self.causal, pad_multiple=self.pad_multiple, return_attention=return_attention)

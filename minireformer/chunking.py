@@ -20,8 +20,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .checks import check_int
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
-
 
 def check_chunk_size(chunk_size):
     if chunk_size is not None:
@@ -53,24 +51,15 @@ def chunked_feed_forward(ff, x, chunk_size):
 
 class FeedForward(nn.Module):
     """Position-wise feed-forward ``Linear(d_model, d_ff) -> activation -> dropout -> Linear(d_ff, d_model)``,
-    run in chunks of ``chunk_size`` positions (None: unchunked). ``activation``: ``"gelu"`` (default),
-    ``"relu"`` (the Transformer's and trax's), or an ``nn.Module``. ``chunk_size`` is a plain attribute."""
+    run in chunks of ``chunk_size`` positions (None: unchunked; a plain attribute). ``activation``: an
+    ``nn.Module``, GELU by default (the Transformer's and trax's: ReLU)."""
 
-    def __init__(self, d_model, d_ff, *, dropout=0.0, chunk_size=None, activation="gelu"):
+    def __init__(self, d_model, d_ff, *, dropout=0.0, chunk_size=None, activation=None):
         super().__init__()
         check_chunk_size(chunk_size)
-        if isinstance(activation, str):
-            if activation not in ACTIVATIONS:
-                raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or an nn.Module, got {activation!r}")
-            activation = ACTIVATIONS[activation]()
+        activation = nn.GELU() if activation is None else activation
         self.net = nn.Sequential(nn.Linear(d_model, d_ff), activation, nn.Dropout(dropout), nn.Linear(d_ff, d_model))
         self.chunk_size = chunk_size
-
-    @property
-    def positionwise_chunk_size(self):
-        """Positions per chunk of this position-wise module (None: unchunked). A reversible backward
-        (:mod:`minireformer.reversible`) recomputes and back-propagates such a branch chunk by chunk."""
-        return self.chunk_size
 
     def forward(self, x):  # [..., L, d_model] -> [..., L, d_model]
         return chunked_feed_forward(self.net, x, self.chunk_size)

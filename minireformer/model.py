@@ -14,11 +14,9 @@ against. ``attention="full"`` swaps LSH attention for full attention with the sa
 full attention and with other numbers of hash rounds). :meth:`ReformerLM.attention_weights` returns a
 layer's dense ``[B, n_heads, L, L]`` attention weights, to see where a trained model looks.
 
-The published Reformers (trax, HF transformers) differ from this default in documented options of
-:class:`ReformerConfig`, none of which changes the default model: ``layer_attention`` (LSH and local layers
-mixed), ``lsh_options`` / ``local_options`` (their conventions), ``pad_multiple``, ``d_head``, ``out_bias``,
-``axial_dims``, ``activation``, ``norm_eps`` and ``merge="concat"``. :func:`minireformer.hf.from_huggingface`
-sets them from an HF model and loads its weights.
+The published Reformers (trax, HF transformers) are this model with a few more options; :mod:`minireformer.hf`
+builds them on top of it (its layers come from :meth:`ReformerLM.make_attention` and
+:meth:`ReformerLM.make_feed_forward`, which a subclass may override).
 """
 
 from dataclasses import dataclass
@@ -26,39 +24,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .attention import LOCAL_CHUNK_LEN, FullSelfAttention, LocalSelfAttention, LSHSelfAttention
+from .attention import FullSelfAttention, LSHSelfAttention
 from .checks import check_int
-from .chunking import ACTIVATIONS, FeedForward
+from .chunking import FeedForward
+from .lsh import PAPER, Conventions, conventions_of
 from .reversible import RevBlock, ReversibleSequence, duplicate, merge
-
-
-KINDS = ("lsh", "full", "local")
-LSH_OPTIONS = ("look_back", "same_bucket_only", "dedup", "scale", "key_eps", "concat_rounds", "rotations_per_head",
-               "hash_seed")
-LOCAL_OPTIONS = ("chunk_len", "look_back", "look_ahead")
 
 
 @dataclass
 class ReformerConfig:
-    """The model's options. The second group describes other implementations' models (HF's Reformer); their
-    defaults are this course's model:
-
-    - ``layer_attention``: each layer's attention, ``"lsh"``, ``"full"`` or ``"local"`` (HF's ``attn_layers``);
-      None: ``attention`` in every layer.
-    - ``local_options``: :class:`~minireformer.attention.LocalSelfAttention`'s ``chunk_len`` (64), ``look_back`` (1)
-      and ``look_ahead`` (0).
-    - ``lsh_options``: more keywords of :class:`~minireformer.attention.LSHSelfAttention` (``look_back``,
-      ``same_bucket_only``, ``dedup``, ``scale``, ``key_eps``, ``concat_rounds``, ``rotations_per_head``,
-      ``hash_seed``).
-    - ``pad_multiple``: chunked attention pads the sequence to a multiple of this (HF: the least common multiple of
-      its chunk lengths); None: each layer to a multiple of its own chunk length.
-    - ``d_head``: the heads' width (HF: ``n_heads * d_head`` need not be ``d_model``); None: ``d_model // n_heads``.
-    - ``out_bias``: whether the attention's output projection has a bias (HF's has none).
-    - ``axial_dims``: the widths of the row and column vectors of axial positions (HF's ``axial_pos_embds_dim``);
-      None: half and half.
-    - ``activation``: the feed-forward's, ``"gelu"`` or ``"relu"`` (HF's published models).
-    - ``norm_eps``: every LayerNorm's epsilon (HF: 1e-12).
-    """
+    """The model's options: sizes, the attention (``"lsh"`` or ``"full"``) and its rounds, chunks, buckets and
+    conventions (:class:`~minireformer.lsh.Conventions`, or a preset's name), reversible residuals, the
+    feed-forward's chunks, positions (learned, or axial with ``axial_shape``) and how the two reversible streams
+    become one (``merge``: ``"mean"``, or ``"concat"`` as trax and HF)."""
 
     vocab_size: int
     d_model: int = 256
@@ -69,7 +47,7 @@ class ReformerConfig:
     attention: str = "lsh"  # "lsh" or "full"
     n_rounds: int = 4
     chunk_len: int = 64
-    n_buckets: int | tuple | None = None  # None: the paper's 2 L / chunk_len; (n_1, n_2): factorized buckets
+    n_buckets: int | None = None  # None: the paper's 2 L / chunk_len
     reversible: bool = True
     ff_chunk_size: int | None = None  # None: the feed-forward runs on the whole sequence at once
     causal: bool = True
@@ -77,26 +55,16 @@ class ReformerConfig:
     shared_qk: bool = True  # full attention only: False uses separate Q and K (LSH needs Q = K)
     axial_shape: tuple | None = None  # (rows, cols) with rows * cols >= max_len: axial positions
     merge: str = "mean"  # how the two reversible streams become one: "mean" or "concat"
-    layer_attention: tuple | None = None
-    local_options: dict | None = None
-    lsh_options: dict | None = None
-    pad_multiple: int | None = None
-    d_head: int | None = None
-    out_bias: bool = True
-    axial_dims: tuple | None = None
-    activation: str = "gelu"
-    norm_eps: float = 1e-5
+    conventions: Conventions | str = PAPER  # LSH attention's: the paper's, or "trax", "hf", "reformer-pytorch"
 
     def __post_init__(self):
         if self.attention not in ("lsh", "full"):
             raise ValueError(f"attention must be 'lsh' or 'full', got {self.attention!r}")
-        if self.layer_attention is None and self.attention == "lsh" and not self.shared_qk:
+        if "lsh" in self.kinds() and not self.shared_qk:
             raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len", "n_rounds", "chunk_len"):
             check_int(name, getattr(self, name))
-        if self.d_head is not None:
-            check_int("d_head", self.d_head)
-        elif self.d_model % self.n_heads:
+        if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.axial_shape is not None:
             self.axial_shape = tuple(self.axial_shape)
@@ -105,53 +73,19 @@ class ReformerConfig:
                                  f"got {self.axial_shape}")
         if self.merge not in ("mean", "concat"):
             raise ValueError(f"merge must be 'mean' or 'concat', got {self.merge!r}")
-        self.check_other_options()
+        self.conventions = conventions_of(self.conventions)
 
     def kinds(self):
         """Each layer's attention kind."""
-        return self.layer_attention or (self.attention,) * self.n_layers
-
-    def check_other_options(self):
-        if self.layer_attention is not None:
-            self.layer_attention = tuple(self.layer_attention)
-            if len(self.layer_attention) != self.n_layers or any(k not in KINDS for k in self.layer_attention):
-                raise ValueError(f"layer_attention must give each of the n_layers={self.n_layers} layers one of "
-                                 f"{KINDS}, got {self.layer_attention!r}")
-            if "lsh" in self.layer_attention and not self.shared_qk:
-                raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
-        for name, allowed in (("lsh_options", LSH_OPTIONS), ("local_options", LOCAL_OPTIONS)):
-            options = getattr(self, name)
-            if options is not None and (not isinstance(options, dict) or set(options) - set(allowed)):
-                raise ValueError(f"{name} must be a dict with keys among {allowed}, got {options!r}")
-        local_chunk = (self.local_options or {}).get("chunk_len", LOCAL_CHUNK_LEN)
-        chunks = {"lsh": self.chunk_len, "full": 1, "local": local_chunk}
-        if self.pad_multiple is not None and any(check_int("pad_multiple", self.pad_multiple) % chunks[k]
-                                                 for k in self.kinds()):
-            raise ValueError(f"pad_multiple must be a multiple of every layer's chunk length "
-                             f"{sorted({chunks[k] for k in self.kinds()})}, got {self.pad_multiple}")
-        if self.axial_dims is not None:
-            self.axial_dims = tuple(check_int("axial_dims", d) for d in self.axial_dims)
-            if len(self.axial_dims) != 2 or self.axial_shape is None or sum(self.axial_dims) != self.d_model:
-                raise ValueError(f"axial_dims must be (row width, column width) summing to d_model={self.d_model}, "
-                                 f"with axial_shape set, got {self.axial_dims!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if not isinstance(self.out_bias, bool):
-            raise ValueError(f"out_bias must be True or False, got {self.out_bias!r}")
-        if isinstance(self.norm_eps, bool) or not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            raise ValueError(f"norm_eps must be a number > 0, got {self.norm_eps!r}")
+        return (self.attention,) * self.n_layers
 
 
 class PreNorm(nn.Module):
     """``fn(LayerNorm(x))``: the residual branch of a pre-norm Transformer layer."""
 
-    def __init__(self, d_model, fn, eps=1e-5):
+    def __init__(self, d_model, fn):
         super().__init__()
-        self.norm, self.fn = nn.LayerNorm(d_model, eps=eps), fn
-
-    @property
-    def positionwise_chunk_size(self):  # LayerNorm is position-wise: chunked when fn is (chunking.FeedForward)
-        return getattr(self.fn, "positionwise_chunk_size", None)
+        self.norm, self.fn = nn.LayerNorm(d_model), fn
 
     def forward(self, x):
         return self.fn(self.norm(x))
@@ -207,32 +141,33 @@ class ReformerLM(nn.Module):
         # default N(0, 1) the positions would be 50 times smaller and, after LayerNorm, nearly invisible;
         # the duplication task, which is solved by position alone, then sits at chance for hundreds of steps.
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.positions = AxialPositions(c.axial_shape, c.d_model, c.axial_dims) if c.axial_shape else \
+        self.positions = AxialPositions(c.axial_shape, c.d_model) if c.axial_shape else \
             LearnedPositions(c.max_len, c.d_model)
         self.dropout = nn.Dropout(c.dropout)
-        layers = [(PreNorm(c.d_model, self.make_attention(kind), c.norm_eps),
-                   PreNorm(c.d_model, FeedForward(c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size,
-                                                  activation=c.activation), c.norm_eps))
+        layers = [(PreNorm(c.d_model, self.make_attention(kind)), PreNorm(c.d_model, self.make_feed_forward()))
                   for kind in c.kinds()]
         if c.reversible:
-            self.layers = ReversibleSequence([RevBlock(f, g) for f, g in layers])
+            self.layers = ReversibleSequence([RevBlock(f, g, g_chunk_size=c.ff_chunk_size) for f, g in layers])
         else:
             self.layers = nn.ModuleList([Block(pair) for pair in layers])
         width = 2 * c.d_model if c.reversible and c.merge == "concat" else c.d_model
-        self.norm = nn.LayerNorm(width, eps=c.norm_eps)
+        self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, c.vocab_size)
 
     def make_attention(self, kind, n_rounds=None, attention_fn=None):
+        """A layer's attention: ``"lsh"`` (with ``n_rounds``, or the config's; ``attention_fn``: see
+        :class:`~minireformer.attention.LSHSelfAttention`) or ``"full"``."""
         c = self.config
-        shape = dict(causal=c.causal, dropout=c.dropout, d_head=c.d_head, out_bias=c.out_bias)
         if kind == "lsh":
             return LSHSelfAttention(c.d_model, c.n_heads, n_rounds=n_rounds or c.n_rounds, chunk_len=c.chunk_len,
-                                    n_buckets=c.n_buckets, attention_fn=attention_fn, pad_multiple=c.pad_multiple,
-                                    **shape, **(c.lsh_options or {}))
-        if kind == "local":
-            return LocalSelfAttention(c.d_model, c.n_heads, pad_multiple=c.pad_multiple, **shape,
-                                      **(c.local_options or {}))
-        return FullSelfAttention(c.d_model, c.n_heads, shared_qk=c.shared_qk, **shape)
+                                    n_buckets=c.n_buckets, causal=c.causal, dropout=c.dropout,
+                                    conventions=c.conventions, attention_fn=attention_fn)
+        return FullSelfAttention(c.d_model, c.n_heads, causal=c.causal, dropout=c.dropout, shared_qk=c.shared_qk)
+
+    def make_feed_forward(self):
+        """A layer's feed-forward: ``d_ff`` wide, in chunks of ``ff_chunk_size`` positions."""
+        c = self.config
+        return FeedForward(c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size)
 
     def attention_layers(self):
         """The ``PreNorm`` wrapper of every layer's attention, in order."""
@@ -242,10 +177,9 @@ class ReformerLM(nn.Module):
 
     def use_attention(self, kind, n_rounds=None, *, attention_fn=None):
         """Swap every layer's attention for ``kind`` ("lsh" or "full"), keeping its parameters (the same
-        tensors, so an optimizer keeps working; local layers stay as they are); ``n_rounds`` sets the hash rounds
-        of LSH attention, and ``attention_fn`` a function to compute it with instead of
-        :func:`~minireformer.lsh.lsh_attention` (see :class:`~minireformer.attention.LSHSelfAttention`; lesson 02
-        trains with the learner's own)."""
+        tensors, so an optimizer keeps working; layers of other kinds stay as they are); ``n_rounds`` sets the
+        hash rounds of LSH attention, and ``attention_fn`` a function to compute it with instead of the package's
+        (see :class:`~minireformer.attention.LSHSelfAttention`; lesson 02 trains with the learner's own)."""
         if kind not in ("lsh", "full"):
             raise ValueError(f"kind must be 'lsh' or 'full', got {kind!r}")
         if kind == "full" and n_rounds is not None:
@@ -258,7 +192,7 @@ class ReformerLM(nn.Module):
             raise ValueError("this model has separate Q and K projections (shared_qk=False); LSH attention needs "
                              "one shared QK projection, so it cannot be swapped in")
         for wrapper in self.attention_layers():
-            if isinstance(wrapper.fn, LocalSelfAttention):
+            if not isinstance(wrapper.fn, (LSHSelfAttention, FullSelfAttention)):
                 continue
             old, new = wrapper.fn, self.make_attention(kind, n_rounds, attention_fn)
             for name in ("to_qk", "to_q", "to_k", "to_v", "to_out"):

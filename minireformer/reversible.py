@@ -18,7 +18,10 @@ The recomputation must be *exact*: F and G may draw random numbers (dropout mask
 rotations), so the RNG state before every F and G call is recorded in the forward pass and replayed in the
 backward pass (forked, so the RNG stream outside is left as the forward pass left it). Autocast is
 re-entered with the state it had in the forward pass. The buckets LSH attention hashed are recorded and
-played back (:func:`minireformer.lsh.recording_buckets` says why replaying its rotations is not enough).
+played back: the stack lends a :class:`~minireformer.fast_lsh.BucketTape` to every
+:class:`~minireformer.attention.LSHSelfAttention` inside a branch for the branch's call (the tape says why
+replaying its rotations is not enough). A position-wise G (the chunked feed-forward) that a block declares
+chunked (``RevBlock(f, g, g_chunk_size=...)``) is recomputed and back-propagated one chunk at a time.
 Besides the output ``(y1, y2)`` the stack keeps two RNG states per block (the CPU generator's is 5,056
 bytes, an accelerator's a few bytes) and, with LSH attention, each block's bucket ids (1-4 bytes per
 token, head and round).
@@ -33,7 +36,8 @@ from contextlib import ExitStack, contextmanager, nullcontext
 import torch
 import torch.nn as nn
 
-from .lsh import keep_probabilities, recording_buckets, replaying_buckets
+from .attention import LSHSelfAttention
+from .fast_lsh import BucketTape
 
 
 def duplicate(x):
@@ -58,11 +62,13 @@ def _check_halves(x1, x2):
 
 class RevBlock(nn.Module):
     """``(x1, x2) -> (x1 + f(x2), x2 + g(y1))``; ``f`` and ``g`` map ``[..., d]`` to the same shape. Make them
-    ``nn.Module`` s: the reversible backward gives gradients to their parameters (and no other tensors)."""
+    ``nn.Module`` s: the reversible backward gives gradients to their parameters (and no other tensors).
+    ``g_chunk_size``: g is position-wise and runs in chunks of this many positions (a chunked feed-forward), so the
+    reversible backward recomputes and back-propagates it chunk by chunk (None: all at once)."""
 
-    def __init__(self, f, g):
+    def __init__(self, f, g, *, g_chunk_size=None):
         super().__init__()
-        self.f, self.g = f, g
+        self.f, self.g, self.g_chunk_size = f, g, g_chunk_size
 
     def branch(self, name, x):
         """``f(x)`` or ``g(x)``, checked to keep the shape (broadcasting would silently break the inverse)."""
@@ -116,6 +122,28 @@ class AutocastState:
             yield
 
 
+@contextmanager
+def lent(tape, branch):
+    """Lend ``tape`` (a :class:`~minireformer.fast_lsh.BucketTape`) to every LSH attention layer inside ``branch``
+    for the block: their calls record their buckets in it, or play them back from it."""
+    layers = [m for m in branch.modules() if isinstance(m, LSHSelfAttention)] if isinstance(branch, nn.Module) else []
+    for layer in layers:
+        layer.tape = tape
+    try:
+        yield tape
+    finally:
+        for layer in layers:
+            layer.tape = None
+
+
+@contextmanager
+def replayed(tape, branch, tensors=None):
+    """``branch`` recomputed with ``tape`` lent to its LSH layers and played back (``tensors``: its recorded ids,
+    as autograd saved them)."""
+    with lent(tape, branch), tape.replay(tensors):
+        yield
+
+
 def _trainable(fn):
     return [p for p in fn.parameters() if p.requires_grad] if isinstance(fn, nn.Module) else []
 
@@ -130,11 +158,11 @@ def _vjp(out, x, params, grad):
 
 def _recompute_g(block, y1, y2, dy2, params, accumulate):
     """G recomputed under autograd from ``y1`` and back-propagated at once: ``(x2 = y2 - G(y1), G's share of dy1)``,
-    G's parameter gradients passed to ``accumulate``. A position-wise G run in chunks (a chunked
-    :class:`~minireformer.chunking.FeedForward`, alone or after a LayerNorm) is done one chunk at a time, in
-    the forward pass's order (so each chunk replays its dropout mask): one chunk's graph exists at a time, as
-    in its forward pass, and no chunk is recomputed a second time for its backward."""
-    size = getattr(block.g, "positionwise_chunk_size", None)
+    G's parameter gradients passed to ``accumulate``. A G the block declares position-wise in chunks
+    (``g_chunk_size``: a chunked :class:`~minireformer.chunking.FeedForward`, alone or after a LayerNorm) is done
+    one chunk at a time, in the forward pass's order (so each chunk replays its dropout mask): one chunk's graph
+    exists at a time, as in its forward pass, and no chunk is recomputed a second time for its backward."""
+    size = block.g_chunk_size
     if not size or size >= y1.shape[-2]:
         y1 = y1.detach().requires_grad_()
         g_out = block.branch("g", y1)
@@ -162,16 +190,16 @@ class _ReversibleFunction(torch.autograd.Function):
         ctx.blocks, ctx.states, ctx.autocast = blocks, [], AutocastState(x1.device)
         buckets = []
         for block in blocks:
-            f_state = RNGState(x1.device)
-            with recording_buckets() as f_buckets:  # LSH attention in F: the buckets it hashed
+            f_state, f_tape = RNGState(x1.device), BucketTape()
+            with lent(f_tape, block.f):  # LSH attention in F records the buckets it hashes
                 y1 = x1 + block.branch("f", x2)
-            g_state = RNGState(x1.device)
-            with recording_buckets() as g_buckets:
+            g_state, g_tape = RNGState(x1.device), BucketTape()
+            with lent(g_tape, block.g):
                 x1, x2 = y1, x2 + block.branch("g", y1)  # this block's output is the next one's input
-            ctx.states.append((f_state, g_state, len(f_buckets), len(g_buckets)))
-            buckets += f_buckets + g_buckets
+            ctx.states.append((f_state, g_state, f_tape, g_tape))
+            buckets += f_tape.take() + g_tape.take()
         # The only activations kept: [B, L, d] twice, whatever the depth; and LSH's bucket ids, 1-4 bytes per
-        # token, head and round of each block (lsh.recording_buckets says why).
+        # token, head and round of each block (fast_lsh.BucketTape says why).
         ctx.save_for_backward(x1, x2, *buckets)
         ctx.params = params
         return x1, x2
@@ -187,14 +215,15 @@ class _ReversibleFunction(torch.autograd.Function):
             for i, grad in ((index[id(p)], grad) for p, grad in zip(params, grads) if grad is not None):
                 grad_params[i] = grad if grad_params[i] is None else grad_params[i] + grad
 
-        for block, (f_state, g_state, n_f, n_g) in zip(reversed(ctx.blocks), reversed(ctx.states)):
+        for block, (f_state, g_state, f_tape, g_tape) in zip(reversed(ctx.blocks), reversed(ctx.states)):
             f_params, g_params = _trainable(block.f), _trainable(block.g)
+            n_f, n_g = len(f_tape.calls), len(g_tape.calls)
             g_buckets = buckets[len(buckets) - n_g :]
             f_buckets = buckets[len(buckets) - n_g - n_f : len(buckets) - n_g]
             del buckets[len(buckets) - n_g - n_f :]
             with torch.enable_grad(), ctx.autocast.restore():
                 # G first: y2 = x2 + G(y1), so y1 gets dy2 through G on top of its own dy1.
-                with g_state.replay(), replaying_buckets(g_buckets):
+                with g_state.replay(), replayed(g_tape, block.g, g_buckets):
                     x2, grad_y1 = _recompute_g(block, y1, y2, dy2, g_params, accumulate)
                 del y2
                 dy1 = dy1 + grad_y1
@@ -202,7 +231,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 x2 = x2.detach().requires_grad_()
                 # (LSH attention in F hashes as in the forward pass, and keeps its probabilities for the backward
                 # that follows at once)
-                with f_state.replay(), replaying_buckets(f_buckets), keep_probabilities():
+                with f_state.replay(), replayed(f_tape, block.f, f_buckets):
                     f_out = block.f(x2)
                 grad_x2, grads = _vjp(f_out, x2, f_params, dy1)
                 accumulate(f_params, grads)
@@ -252,16 +281,16 @@ def reconstruction_error(blocks, x, *, replay_buckets=True):
     with torch.no_grad():
         x1, x2 = duplicate(x)
         for block in blocks:
-            f_state = RNGState(x.device)
-            with recording_buckets() as f_buckets:
+            f_state, f_tape = RNGState(x.device), BucketTape()
+            with lent(f_tape, block.f):
                 y1 = x1 + block.branch("f", x2)
-            g_state = RNGState(x.device)
-            with recording_buckets() as g_buckets:
+            g_state, g_tape = RNGState(x.device), BucketTape()
+            with lent(g_tape, block.g):
                 x1, x2 = y1, x2 + block.branch("g", y1)
-            states.append((f_state, g_state, f_buckets, g_buckets))
-        for block, (f_state, g_state, f_buckets, g_buckets) in zip(reversed(blocks), reversed(states)):
-            with g_state.replay(), replaying_buckets(g_buckets) if replay_buckets else nullcontext():
+            states.append((f_state, g_state, f_tape, g_tape))
+        for block, (f_state, g_state, f_tape, g_tape) in zip(reversed(blocks), reversed(states)):
+            with g_state.replay(), replayed(g_tape, block.g) if replay_buckets else nullcontext():
                 x2 = x2 - block.branch("g", x1)  # x2 = y2 - G(y1)
-            with f_state.replay(), replaying_buckets(f_buckets) if replay_buckets else nullcontext():
+            with f_state.replay(), replayed(f_tape, block.f) if replay_buckets else nullcontext():
                 x1 = x1 - block.branch("f", x2)  # x1 = y1 - F(x2)
     return max((x1 - x).abs().max().item(), (x2 - x).abs().max().item())
