@@ -68,7 +68,8 @@ def default_n_buckets(length, chunk_len):
 
 class SelfAttention(nn.Module):
     """Heads, projections and dropout around an attention function of ``[B, h, L, d_head]`` tensors: the part the
-    attention layers share. ``shared_qk``: one projection gives queries and keys (``to_qk``); else ``to_q``, ``to_k``."""
+    attention layers share. ``shared_qk``: one projection gives queries and keys (``to_qk``); else ``to_q`` and
+    ``to_k``."""
 
     def __init__(self, d_model, n_heads, dropout, shared_qk):
         super().__init__()
@@ -122,8 +123,21 @@ class LSHSelfAttention(SelfAttention):
 
     tape = None  # a fast_lsh.BucketTape while a reversible stack records or replays this layer (reversible.py)
 
-    def __init__(self, d_model, n_heads, *, n_rounds=4, chunk_len=64, n_buckets=None, causal=False, look_back=1,
-                 dedup=False, dropout=0.0, conventions=PAPER, attention_fn=None):
+    def __init__(
+        self,
+        d_model,
+        n_heads,
+        *,
+        n_rounds=4,
+        chunk_len=64,
+        n_buckets=None,
+        causal=False,
+        look_back=1,
+        dedup=False,
+        dropout=0.0,
+        conventions=PAPER,
+        attention_fn=None,
+    ):
         super().__init__(d_model, n_heads, dropout, shared_qk=True)
         check_int("n_rounds", n_rounds), check_int("chunk_len", chunk_len)
         if n_buckets is not None:
@@ -138,12 +152,15 @@ class LSHSelfAttention(SelfAttention):
         (checked when the layer is made and at every call, since the options are plain attributes)."""
         options = (self.look_back, self.dedup, self.conventions)
         if self.attention_fn is not None and options != (1, False, PAPER):
-            raise ValueError("attention_fn is called with lsh_attention's defaults only: it needs look_back=1, "
-                             f"dedup=False and the paper's conventions, got {options[0]}, {options[1]}, {options[2]}")
+            raise ValueError(
+                "attention_fn is called with lsh_attention's defaults only: it needs look_back=1, "
+                f"dedup=False and the paper's conventions, got {options[0]}, {options[1]}, {options[2]}"
+            )
 
     def draw_rotations(self, qk):
         """This call's rotations for ``qk [B, h, L, d_head]``: ``[n_rounds, d_head, n_buckets // 2]`` shared by the
-        heads, or with ``conventions.rotations_per_head`` one per head, ``[n_heads, n_rounds, d_head, n_buckets // 2]``."""
+        heads, or with ``conventions.rotations_per_head`` one per head, ``[n_heads, n_rounds, d_head,
+        n_buckets // 2]``."""
         if self.rotations is not None:
             return self.rotations
         n_buckets, d = self.n_buckets or default_n_buckets(qk.shape[-2], self.chunk_len), qk.shape[-1]
@@ -167,9 +184,19 @@ class LSHSelfAttention(SelfAttention):
             return self.attention_fn(qk, v, rotations.to(qk.dtype), chunk_len=self.chunk_len, causal=self.causal)
         tape = self.tape
         buckets, n_buckets = self.hash(qk, rotations) if tape is None else tape.buckets(self.hash, qk, rotations)
-        return blocked_attention(qk, v, buckets, n_buckets, chunk_len=self.chunk_len, causal=self.causal,
-                                 look_back=self.look_back, dedup=self.dedup, conventions=self.conventions,
-                                 return_attention=return_attention, keep=tape is not None and tape.replaying)
+        return blocked_attention(
+            qk,
+            v,
+            buckets,
+            n_buckets,
+            chunk_len=self.chunk_len,
+            causal=self.causal,
+            look_back=self.look_back,
+            dedup=self.dedup,
+            conventions=self.conventions,
+            return_attention=return_attention,
+            keep=tape is not None and tape.replaying,
+        )
 
 
 class FullSelfAttention(SelfAttention):
@@ -186,5 +213,6 @@ class FullSelfAttention(SelfAttention):
         v = self.heads(self.to_v(x))  # [B, h, L, d_head]
         if self.shared_qk:
             return full_attention(self.heads(self.to_qk(x)), v, causal=self.causal, return_attention=return_attention)
-        return dense_attention(self.heads(self.to_q(x)), self.heads(self.to_k(x)), v, causal=self.causal,
-                               return_attention=return_attention)
+        return dense_attention(
+            self.heads(self.to_q(x)), self.heads(self.to_k(x)), v, causal=self.causal, return_attention=return_attention
+        )

@@ -1,5 +1,5 @@
 """LSH attention, the fast way: the same attention as :func:`minireformer.lsh.lsh_attention`, computed in blocks of
-chunks with a backward pass that recomputes instead of storing (tests/test_fast_lsh.py holds the two equal in
+chunks with a backward pass that recomputes instead of storing (tests/core/test_fast_lsh.py holds the two equal in
 float64: outputs, weights and gradients).
 
 The readable composition builds every round's windows at once: O(b * n_rounds * L * w * d) numbers, and
@@ -24,8 +24,18 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .lsh import PAPER, check_lsh_inputs, chunk_mask, chunk_scores, duplicate_counts, key_norms
-from .lsh import look_back_chunks, pad_buckets, sort_by_bucket, split_chunks
+from .lsh import (
+    PAPER,
+    check_lsh_inputs,
+    chunk_mask,
+    chunk_scores,
+    duplicate_counts,
+    key_norms,
+    look_back_chunks,
+    pad_buckets,
+    sort_by_bucket,
+    split_chunks,
+)
 
 BLOCK_SCORES = 1 << 20  # the fast path works on blocks of chunks holding about this many scores (CPU)
 BLOCK_SCORES_ACCELERATOR = 1 << 24  # on a GPU: big blocks, few kernel launches
@@ -47,7 +57,7 @@ def hash_block(x, rotations):
     and smallest from those, keep whichever is larger in size (the winner of ``[xR; -xR]``), find the first
     group holding it, and search only that group for its first column. Ties go to the ``+xR`` half and to the
     first index, as argmax's do, so the buckets are exactly hash_vectors' (ties within and across groups
-    included: tests/test_fast_lsh.py).
+    included: tests/core/test_fast_lsh.py).
     """
     (b, l, d), (n_rounds, _, half) = x.shape, rotations.shape[-3:]
     with torch.no_grad():  # integers come out: nothing to record
@@ -115,12 +125,16 @@ class BucketTape:
         call = tuple(qk.shape)
         if self.replaying:
             if not self.tensors:
-                raise RuntimeError("replaying LSH buckets: this call was not recorded (the branch calls LSH attention "
-                                   "more often than in the forward pass)")
+                raise RuntimeError(
+                    "replaying LSH buckets: this call was not recorded (the branch calls LSH attention "
+                    "more often than in the forward pass)"
+                )
             (recorded, n_buckets), buckets = self.calls.pop(0), self.tensors.pop(0)
             if recorded != call:
-                raise RuntimeError(f"replaying LSH buckets: recorded for qk {list(recorded)}, but this call hashes qk "
-                                   f"{list(call)} (the branch must call LSH attention as in the forward pass)")
+                raise RuntimeError(
+                    f"replaying LSH buckets: recorded for qk {list(recorded)}, but this call hashes qk "
+                    f"{list(call)} (the branch must call LSH attention as in the forward pass)"
+                )
             return buckets.long(), n_buckets
         buckets, n_buckets = hash_fn(qk, rotations)
         small = torch.uint8 if n_buckets <= 256 else torch.int16 if n_buckets <= 2**15 else torch.int32
@@ -205,8 +219,12 @@ class _Plan:
         options = dict(scale=self.conventions.scale)
         if self.where is not None:
             options["counts"] = duplicate_counts(
-                [_rows(t, q_rows) for t in self.where], [_rows(t, k_rows) for t in self.where],
-                n_chunks=self.n_chunks, look_back=self.look_back, same_bucket_only=self.conventions.same_bucket_only)
+                [_rows(t, q_rows) for t in self.where],
+                [_rows(t, k_rows) for t in self.where],
+                n_chunks=self.n_chunks,
+                look_back=self.look_back,
+                same_bucket_only=self.conventions.same_bucket_only,
+            )
         if self.conventions.concat_rounds:  # the query's own position may come again in the round before's chunk
             options["is_self"] = q_pos[..., :, None] == k_pos[..., None, :]
         return _rows(q, q_rows), _rows(k, k_rows), _rows(v, k_rows), allowed, options
@@ -271,7 +289,9 @@ class _ChunkedAttention(torch.autograd.Function):
         # unsort and combine the rounds, a round at a time in the original order: out = sum_r softmax_r(lse)_r * o_r
         lse = lse.view(plan.n_rounds, -1).gather(1, plan.unsort_rows)  # [r, b * Lp]
         out = _combine((o_r.flatten(0, 1).index_select(0, rows) for o_r, rows in zip(o, plan.unsort_rows)), lse)
-        weights = lse.softmax(dim=0).gather(1, plan.sorted_rows).view(plan.q_rows.shape)  # [N, c], as the blocks see them
+        weights = (
+            lse.softmax(dim=0).gather(1, plan.sorted_rows).view(plan.q_rows.shape)
+        )  # [N, c], as the blocks see them
         ctx.mark_non_differentiable(weights)
         ctx.save_for_backward(q, k, v, norm, out, weights)
         ctx.plan = plan
@@ -326,8 +346,20 @@ def _batched(x):
     return x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:]).to(torch.promote_types(x.dtype, torch.float32))
 
 
-def blocked_attention(qk, v, buckets, n_buckets, *, chunk_len, causal=False, look_back=1, dedup=False,
-                      conventions=PAPER, return_attention=False, keep=False):
+def blocked_attention(
+    qk,
+    v,
+    buckets,
+    n_buckets,
+    *,
+    chunk_len,
+    causal=False,
+    look_back=1,
+    dedup=False,
+    conventions=PAPER,
+    return_attention=False,
+    keep=False,
+):
     """LSH attention given the bucket ids, in blocks of chunks: memory O(b * n_rounds * L * d), no L x L tensor.
 
     ``qk, v [..., L, d]``; ``buckets [..., n_rounds, L']`` in ``[0, n_buckets)`` with ``L' >= L``: ids for
@@ -337,16 +369,26 @@ def blocked_attention(qk, v, buckets, n_buckets, *, chunk_len, causal=False, loo
     """
     check_lsh_inputs(qk, v, None, chunk_len, look_back, dedup, conventions)
     if buckets.shape[:-2] != qk.shape[:-2] or buckets.shape[-1] < qk.shape[-2]:
-        raise ValueError(f"buckets must have shape [..., n_rounds, L'] with qk's leading dims {list(qk.shape[:-2])} "
-                         f"and L' >= L = {qk.shape[-2]}, got {list(buckets.shape)}")
+        raise ValueError(
+            f"buckets must have shape [..., n_rounds, L'] with qk's leading dims {list(qk.shape[:-2])} "
+            f"and L' >= L = {qk.shape[-2]}, got {list(buckets.shape)}"
+        )
     given, qk, v = qk, _batched(qk), _batched(v)  # [b, L, d]
     b, length, d = qk.shape
     buckets = buckets.reshape(b, *buckets.shape[-2:])  # [b, r, L']
     with torch.autocast(qk.device.type, enabled=False):
         buckets = pad_buckets(buckets, chunk_len, n_buckets)  # [b, r, Lp]
         padded = buckets.shape[-1]
-        plan = _Plan(buckets, n_buckets, length=length, chunk_len=chunk_len, look_back=look_back, causal=causal,
-                     dedup=dedup, conventions=conventions)
+        plan = _Plan(
+            buckets,
+            n_buckets,
+            length=length,
+            chunk_len=chunk_len,
+            look_back=look_back,
+            causal=causal,
+            dedup=dedup,
+            conventions=conventions,
+        )
 
         def pad(x):  # [b, L, d] -> [b * Lp, d]
             return (F.pad(x, (0, 0, 0, padded - length)) if padded > length else x).flatten(0, 1)
@@ -362,11 +404,21 @@ def blocked_attention(qk, v, buckets, n_buckets, *, chunk_len, causal=False, loo
     return out if attn is None else (out, attn.to(given.dtype).reshape(*given.shape[:-1], length))
 
 
-def fast_lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, dedup=False, conventions=PAPER,
-                       return_attention=False):
+def fast_lsh_attention(
+    qk, v, rotations, *, chunk_len, causal=False, look_back=1, dedup=False, conventions=PAPER, return_attention=False
+):
     """:func:`~minireformer.lsh.lsh_attention`, the fast way (the same arguments, the same result): buckets from
     :func:`hash_buckets`, then :func:`blocked_attention`."""
     check_lsh_inputs(qk, v, rotations, chunk_len, look_back, dedup, conventions)
-    return blocked_attention(qk, v, hash_buckets(qk, rotations), 2 * rotations.shape[-1], chunk_len=chunk_len,
-                             causal=causal, look_back=look_back, dedup=dedup, conventions=conventions,
-                             return_attention=return_attention)
+    return blocked_attention(
+        qk,
+        v,
+        hash_buckets(qk, rotations),
+        2 * rotations.shape[-1],
+        chunk_len=chunk_len,
+        causal=causal,
+        look_back=look_back,
+        dedup=dedup,
+        conventions=conventions,
+        return_attention=return_attention,
+    )

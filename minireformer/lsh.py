@@ -72,8 +72,12 @@ class Conventions:
     def __post_init__(self):
         for name, bound in (("scale", "> 0"), ("key_eps", ">= 0")):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-                                      or (name == "scale" and value == 0)):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value < 0
+                or (name == "scale" and value == 0)
+            ):
                 raise ValueError(f"{name} must be None or a number {bound}, got {value!r}")
         for name in ("same_bucket_only", "concat_rounds", "rotations_per_head"):
             if not isinstance(getattr(self, name), bool):
@@ -96,7 +100,9 @@ def conventions_of(value):
         return Conventions(**value)
     if value in PRESETS:
         return PRESETS[value]
-    raise ValueError(f"conventions must be a Conventions, a dict of its fields or one of {sorted(PRESETS)}, got {value!r}")
+    raise ValueError(
+        f"conventions must be a Conventions, a dict of its fields or one of {sorted(PRESETS)}, got {value!r}"
+    )
 
 
 # ---- the steps, each callable on its own -----------------------------------------------------------------
@@ -218,8 +224,9 @@ def key_norms(qk, key_eps=None):
 
 
 # ---- the steps composed: LSH attention ----------------------------------------------------------------------
-def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, dedup=False, conventions=PAPER,
-                  return_attention=False):
+def lsh_attention(
+    qk, v, rotations, *, chunk_len, causal=False, look_back=1, dedup=False, conventions=PAPER, return_attention=False
+):
     """Multi-round LSH attention, step by step: hash, sort, chunk, look back, mask, attend, unsort, combine.
 
     ``qk, v [..., L, d]`` (shared query/key vectors, values); ``rotations [n_rounds, d, n_buckets // 2]`` from
@@ -257,16 +264,22 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, ded
     k_pos, k_buckets = window(q_pos, -2), window(q_buckets, -2)  # [..., r, n, w]
 
     # mask, attend
-    allowed = chunk_mask(q_pos, k_pos, q_buckets, k_buckets, length=length, causal=causal,
-                         same_bucket_only=c.same_bucket_only)  # [..., r, n, c, w]
+    allowed = chunk_mask(
+        q_pos, k_pos, q_buckets, k_buckets, length=length, causal=causal, same_bucket_only=c.same_bucket_only
+    )  # [..., r, n, c, w]
     options = {} if c.scale is None else dict(scale=c.scale)  # the paper's: attend(q, k, v, allowed), as lesson 02's
     if c.concat_rounds:  # the query's own position may come again in the round before's chunk
         options["is_self"] = q_pos[..., :, None] == k_pos[..., None, :]
     if dedup:  # N_ij from every token's chunk and bucket in every round
         where = [sort_vectors(t.mT, sorted_pos) for t in (undo // chunk_len, buckets)]  # [..., r, Lp, r]
         where = [split_chunks(t, chunk_len, dim=-2) for t in where]  # [..., r, n, c, r]
-        options["counts"] = duplicate_counts(where, [window(t, -3) for t in where], n_chunks=q.shape[-3],
-                                             look_back=look_back, same_bucket_only=c.same_bucket_only)
+        options["counts"] = duplicate_counts(
+            where,
+            [window(t, -3) for t in where],
+            n_chunks=q.shape[-3],
+            look_back=look_back,
+            same_bucket_only=c.same_bucket_only,
+        )
     out, lse = attend(q, k, v, allowed, **options)  # [..., r, n, c, d], [..., r, n, c]
 
     # unsort each round, combine the rounds, drop the padding
@@ -275,8 +288,19 @@ def lsh_attention(qk, v, rotations, *, chunk_len, causal=False, look_back=1, ded
     return (out[..., :d_v], out[..., d_v:].detach()) if return_attention else out
 
 
-def lsh_attention_reference(qk, v, rotations, *, chunk_len, causal=False, look_back=1, dedup=False,
-                            conventions=PAPER, return_attention=False, buckets=None):
+def lsh_attention_reference(
+    qk,
+    v,
+    rotations,
+    *,
+    chunk_len,
+    causal=False,
+    look_back=1,
+    dedup=False,
+    conventions=PAPER,
+    return_attention=False,
+    buckets=None,
+):
     """The same attention the slow, obvious way: per round an explicit ``[L, L]`` count of the copies of each
     key in each query's window, from the same bucket ids and windows (0 or 1, but 2 when ``concat_rounds``
     brings a key in again from the round before), a dense masked softmax, rounds combined by their logsumexp.
@@ -327,9 +351,13 @@ def check_lsh_inputs(qk, v, rotations, chunk_len, look_back, dedup=False, conven
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if qk.dim() < 2 or qk.shape != v.shape:
-        raise ValueError(f"qk and v must have the same shape [..., L, d], got qk {tuple(qk.shape)} and v {tuple(v.shape)}")
+        raise ValueError(
+            f"qk and v must have the same shape [..., L, d], got qk {tuple(qk.shape)} and v {tuple(v.shape)}"
+        )
     if qk.dtype != v.dtype or qk.device != v.device:
-        raise TypeError(f"qk and v must share dtype and device, got {qk.dtype} on {qk.device} and {v.dtype} on {v.device}")
+        raise TypeError(
+            f"qk and v must share dtype and device, got {qk.dtype} on {qk.device} and {v.dtype} on {v.device}"
+        )
     check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
     if not isinstance(conventions, Conventions):
         raise TypeError(f"conventions must be a Conventions (lsh.PAPER, lsh.HF, ...), got {type(conventions).__name__}")
@@ -337,13 +365,18 @@ def check_lsh_inputs(qk, v, rotations, chunk_len, look_back, dedup=False, conven
         raise ValueError("dedup counts each round's window on its own: it cannot be combined with concat_rounds")
     if rotations is None:
         return
-    if not torch.is_tensor(rotations) or rotations.dim() < 3 or rotations.shape[-2] != qk.shape[-1] or not _broadcasts(
-        rotations.shape[:-3], qk.shape[:-2]
+    if (
+        not torch.is_tensor(rotations)
+        or rotations.dim() < 3
+        or rotations.shape[-2] != qk.shape[-1]
+        or not _broadcasts(rotations.shape[:-3], qk.shape[:-2])
     ):
         got = tuple(rotations.shape) if torch.is_tensor(rotations) else type(rotations).__name__
-        raise ValueError(f"rotations must have shape [..., n_rounds, d, n_buckets // 2] with d = {qk.shape[-1]} (the "
-                         f"last dimension of qk) and leading dims that broadcast to qk's {tuple(qk.shape[:-2])}, "
-                         f"got {got}")
+        raise ValueError(
+            f"rotations must have shape [..., n_rounds, d, n_buckets // 2] with d = {qk.shape[-1]} (the "
+            f"last dimension of qk) and leading dims that broadcast to qk's {tuple(qk.shape[:-2])}, "
+            f"got {got}"
+        )
 
 
 def _broadcasts(shape, to):

@@ -69,8 +69,10 @@ class ReformerConfig:
         if self.axial_shape is not None:
             self.axial_shape = tuple(self.axial_shape)
             if len(self.axial_shape) != 2 or self.axial_shape[0] * self.axial_shape[1] < self.max_len:
-                raise ValueError(f"axial_shape must be (rows, cols) with rows * cols >= max_len={self.max_len}, "
-                                 f"got {self.axial_shape}")
+                raise ValueError(
+                    f"axial_shape must be (rows, cols) with rows * cols >= max_len={self.max_len}, "
+                    f"got {self.axial_shape}"
+                )
         if self.merge not in ("mean", "concat"):
             raise ValueError(f"merge must be 'mean' or 'concat', got {self.merge!r}")
         self.conventions = conventions_of(self.conventions)
@@ -141,11 +143,14 @@ class ReformerLM(nn.Module):
         # default N(0, 1) the positions would be 50 times smaller and, after LayerNorm, nearly invisible;
         # the duplication task, which is solved by position alone, then sits at chance for hundreds of steps.
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.positions = AxialPositions(c.axial_shape, c.d_model) if c.axial_shape else \
-            LearnedPositions(c.max_len, c.d_model)
+        self.positions = (
+            AxialPositions(c.axial_shape, c.d_model) if c.axial_shape else LearnedPositions(c.max_len, c.d_model)
+        )
         self.dropout = nn.Dropout(c.dropout)
-        layers = [(PreNorm(c.d_model, self.make_attention(kind)), PreNorm(c.d_model, self.make_feed_forward()))
-                  for kind in c.kinds()]
+        layers = [
+            (PreNorm(c.d_model, self.make_attention(kind)), PreNorm(c.d_model, self.make_feed_forward()))
+            for kind in c.kinds()
+        ]
         if c.reversible:
             self.layers = ReversibleSequence([RevBlock(f, g, g_chunk_size=c.ff_chunk_size) for f, g in layers])
         else:
@@ -159,9 +164,17 @@ class ReformerLM(nn.Module):
         :class:`~minireformer.attention.LSHSelfAttention`) or ``"full"``."""
         c = self.config
         if kind == "lsh":
-            return LSHSelfAttention(c.d_model, c.n_heads, n_rounds=n_rounds or c.n_rounds, chunk_len=c.chunk_len,
-                                    n_buckets=c.n_buckets, causal=c.causal, dropout=c.dropout,
-                                    conventions=c.conventions, attention_fn=attention_fn)
+            return LSHSelfAttention(
+                c.d_model,
+                c.n_heads,
+                n_rounds=n_rounds or c.n_rounds,
+                chunk_len=c.chunk_len,
+                n_buckets=c.n_buckets,
+                causal=c.causal,
+                dropout=c.dropout,
+                conventions=c.conventions,
+                attention_fn=attention_fn,
+            )
         return FullSelfAttention(c.d_model, c.n_heads, causal=c.causal, dropout=c.dropout, shared_qk=c.shared_qk)
 
     def make_feed_forward(self):
@@ -189,8 +202,10 @@ class ReformerLM(nn.Module):
         if attention_fn is not None and not callable(attention_fn):
             raise TypeError(f"attention_fn must be a function, got {type(attention_fn).__name__}")
         if kind == "lsh" and not self.config.shared_qk:
-            raise ValueError("this model has separate Q and K projections (shared_qk=False); LSH attention needs "
-                             "one shared QK projection, so it cannot be swapped in")
+            raise ValueError(
+                "this model has separate Q and K projections (shared_qk=False); LSH attention needs "
+                "one shared QK projection, so it cannot be swapped in"
+            )
         for wrapper in self.attention_layers():
             if not isinstance(wrapper.fn, (LSHSelfAttention, FullSelfAttention)):
                 continue
@@ -209,8 +224,9 @@ class ReformerLM(nn.Module):
             return
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(f"tokens must be ids in [0, vocab_size) = [0, {self.config.vocab_size}), "
-                             f"got ids from {low} to {high}")
+            raise ValueError(
+                f"tokens must be ids in [0, vocab_size) = [0, {self.config.vocab_size}), got ids from {low} to {high}"
+            )
 
     def forward(self, tokens):
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
@@ -282,11 +298,17 @@ def generate(model, prompt_tokens, n_new, *, temperature=1.0, top_k=None, genera
     fork of the RNG, so the global RNG is left as it was. The model runs in eval mode (no dropout).
     """
     config = model.config
-    if not isinstance(prompt_tokens, torch.Tensor) or prompt_tokens.dtype not in (torch.int64, torch.int32) \
-            or prompt_tokens.dim() not in (1, 2) or prompt_tokens.shape[-1] < 1:
-        raise ValueError("prompt_tokens must be a non-empty integer tensor [L] or [B, L], got "
-                         f"{getattr(prompt_tokens, 'dtype', type(prompt_tokens).__name__)} "
-                         f"{tuple(getattr(prompt_tokens, 'shape', ()))}")
+    if (
+        not isinstance(prompt_tokens, torch.Tensor)
+        or prompt_tokens.dtype not in (torch.int64, torch.int32)
+        or prompt_tokens.dim() not in (1, 2)
+        or prompt_tokens.shape[-1] < 1
+    ):
+        raise ValueError(
+            "prompt_tokens must be a non-empty integer tensor [L] or [B, L], got "
+            f"{getattr(prompt_tokens, 'dtype', type(prompt_tokens).__name__)} "
+            f"{tuple(getattr(prompt_tokens, 'shape', ()))}"
+        )
     if prompt_tokens.shape[-1] > config.max_len:
         raise ValueError(f"the prompt has {prompt_tokens.shape[-1]} tokens, more than max_len={config.max_len}")
     if prompt_tokens.numel() and (prompt_tokens.min() < 0 or prompt_tokens.max() >= config.vocab_size):
@@ -306,7 +328,7 @@ def generate(model, prompt_tokens, n_new, *, temperature=1.0, top_k=None, genera
     model.eval()
     fork, seed = torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type), None
     if generator is not None:
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     try:
         with fork:
             if seed is not None:  # the LSH rotations come from the device's RNG: make them reproducible too
@@ -314,7 +336,7 @@ def generate(model, prompt_tokens, n_new, *, temperature=1.0, top_k=None, genera
                 if device.type != "cpu":
                     torch.get_device_module(device.type).manual_seed(seed)
             for _ in range(n_new):
-                logits = model(tokens[:, -config.max_len:])[:, -1].float() / temperature  # [B, vocab]
+                logits = model(tokens[:, -config.max_len :])[:, -1].float() / temperature  # [B, vocab]
                 if top_k is not None and top_k < logits.shape[-1]:
                     kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
                     logits = logits.masked_fill(logits < kth, float("-inf"))

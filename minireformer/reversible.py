@@ -8,11 +8,12 @@ and its inputs can be recovered from its outputs by subtracting the residuals in
 
     x2 = y2 - G(y1),    x1 = y1 - F(x2)
 
-The paper uses "reversible residual layers instead of the standard residuals, which allows storing
-activations only once in the training process instead of N times, where N is the number of layers": a stack
-of blocks (:class:`ReversibleSequence`) keeps only its final output for the backward pass. The backward pass walks the blocks from the last to the first, rebuilds each block's input from its
-output, recomputes F and G under autograd for that one block, and back-propagates through it. Activation
-memory is that of one block instead of ``n_layers`` blocks, for one extra forward pass of compute.
+The paper uses "reversible residual layers instead of the standard residuals, which allows storing activations only once
+in the training process instead of N times, where N is the number of layers": a stack of blocks
+(:class:`ReversibleSequence`) keeps only its final output for the backward pass. The backward pass walks the blocks from
+the last to the first, rebuilds each block's input from its output, recomputes F and G under autograd for that one
+block, and back-propagates through it. Activation memory is that of one block instead of ``n_layers`` blocks, for one
+extra forward pass of compute.
 
 The recomputation must be *exact*: F and G may draw random numbers (dropout masks, LSH's random
 rotations), so the RNG state before every F and G call is recorded in the forward pass and replayed in the
@@ -74,7 +75,9 @@ class RevBlock(nn.Module):
         """``f(x)`` or ``g(x)``, checked to keep the shape (broadcasting would silently break the inverse)."""
         out = getattr(self, name)(x)
         if out.shape != x.shape:
-            raise ValueError(f"RevBlock.{name} must keep the shape of its input {tuple(x.shape)}, got {tuple(out.shape)}")
+            raise ValueError(
+                f"RevBlock.{name} must keep the shape of its input {tuple(x.shape)}, got {tuple(out.shape)}"
+            )
         return out
 
     def forward(self, x1, x2):
@@ -225,7 +228,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 # G first: y2 = x2 + G(y1), so y1 gets dy2 through G on top of its own dy1.
                 with g_state.replay(), replayed(g_tape, block.g, g_buckets):
                     x2, grad_y1 = _recompute_g(block, y1, y2, dy2, g_params, accumulate)
-                del y2
+                y2 = None  # its last use: freed before F is recomputed
                 dy1 = dy1 + grad_y1
                 # then F: y1 = x1 + F(x2), so x2 gets dy1 through F on top of dy2.
                 x2 = x2.detach().requires_grad_()

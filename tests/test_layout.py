@@ -47,8 +47,13 @@ def imports(name, *, inside_functions=None):
     """The package modules ``name`` imports; ``inside_functions``: only those imported inside a function (True),
     only those at the top of the module (False), or both (None)."""
     tree, found = ast.parse(MODULES[name].read_text()), set()
-    nested = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-              for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    nested = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    }
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and inside_functions in (None, id(node) in nested):
             found |= resolve(name, node)
@@ -77,8 +82,9 @@ def test_imports_go_one_way(module):
 def test_no_module_imports_inside_a_function_but_the_command_line():
     """Imports at the top of a module, so that each one's dependencies are in plain view; ``__main__`` alone loads
     the figures (matplotlib) when it draws them."""
-    assert {m: imports(m, inside_functions=True) for m in MODULES if m != "__main__"
-            if imports(m, inside_functions=True)} == {}
+    assert {
+        m: imports(m, inside_functions=True) for m in MODULES if m != "__main__" if imports(m, inside_functions=True)
+    } == {}
 
 
 def test_no_import_circle():
@@ -118,8 +124,10 @@ def test_the_core_is_the_paper_in_one_sitting():
 
 
 def test_the_command_line_loads_matplotlib_only_to_draw():
-    code = ("import sys; from minireformer.__main__ import main; import minireformer.training.trainer, "
-            "minireformer.measuring.bench, minireformer.training.longseq, minireformer.training.plan, "
-            "minireformer.hf.convert; print('matplotlib' in sys.modules)")
+    code = (
+        "import sys; from minireformer.__main__ import main; import minireformer.training.trainer, "
+        "minireformer.measuring.bench, minireformer.training.longseq, minireformer.training.plan, "
+        "minireformer.hf.convert; print('matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

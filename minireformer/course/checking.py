@@ -87,8 +87,10 @@ def _difference(expected, got, label):
         for key, value in expected.items():
             if key == "saved bytes":
                 if got[key] > value:
-                    return (f"memory saved for backward by the forward pass: expected at most {value:,} bytes (x and "
-                            f"one chunk's d_ff-wide intermediates), got {got[key]:,}")
+                    return (
+                        f"memory saved for backward by the forward pass: expected at most {value:,} bytes (x and "
+                        f"one chunk's d_ff-wide intermediates), got {got[key]:,}"
+                    )
                 continue
             message = _difference(value, got.get(key), key)
             if message:
@@ -121,8 +123,10 @@ def _difference(expected, got, label):
     if expected.numel() <= 24:
         return f"{label}: expected {_show(expected)}, got {_show(got)}"
     where = tuple(int(i) for i in (~close).nonzero()[0])
-    return (f"{label} differs in {int((~close).sum())} of {close.numel()} entries; the first at index {where}: "
-            f"expected {_show(expected[where])}, got {_show(got[where])}")
+    return (
+        f"{label} differs in {int((~close).sum())} of {close.numel()} entries; the first at index {where}: "
+        f"expected {_show(expected[where])}, got {_show(got[where])}"
+    )
 
 
 def _kind(x):
@@ -155,9 +159,11 @@ def diagnose(exercise, fn):
         try:
             got = exercise.run(fn, case)
         except NotImplementedError:
-            return (f"… {exercise.name}: not attempted yet (NotImplementedError: the stub, or a stub it calls, is "
-                    f"unfinished).\n"
-                    f"  Hint: {exercise.hint}"), False
+            return (
+                f"… {exercise.name}: not attempted yet (NotImplementedError: the stub, or a stub it calls, is "
+                f"unfinished).\n"
+                f"  Hint: {exercise.hint}"
+            ), False
         except Exception as error:  # the learner's bug: reported, never raised
             failures.append((case, error, f"raised {type(error).__name__}: {error}"))
             continue
@@ -174,8 +180,9 @@ def diagnose(exercise, fn):
         case, got, difference = next((f for f in failures if not isinstance(f[1], Exception)), failures[0])
     if mistake is None:  # not a mistake the checker knows: the property that broke, and the case
         return f"✗ {exercise.name}: wrong on «{case.property}»\n{_inputs(case)}\n  {difference}", False
-    return (f"✗ {exercise.name}: {mistake}\n"
-            f"  first failing case, «{case.property}»:\n{_inputs(case)}\n  {difference}"), False
+    return (
+        f"✗ {exercise.name}: {mistake}\n  first failing case, «{case.property}»:\n{_inputs(case)}\n  {difference}"
+    ), False
 
 
 def _recognise(exercise, failures):

@@ -45,8 +45,8 @@ from ..fast_lsh import fast_lsh_attention
 from ..measuring.memory import saved_activation_bytes
 from ..reversible import RevBlock
 from . import solutions
-from .checking import (EXERCISES, NO_GRADIENT, Case, check, diagnose, exercises_of, hint, register as _exercise,
-                       show_solution, solution)
+from .checking import EXERCISES, NO_GRADIENT, Case, check, diagnose, exercises_of, hint, show_solution, solution
+from .checking import register as _exercise
 
 __all__ = ["EXERCISES", "check", "diagnose", "exercises_of", "hint", "show_solution", "solution"]
 
@@ -95,37 +95,62 @@ def _hash_last_tie(x, rotations):
 
 
 _exercise(
-    name="hash_vectors", lesson="01", reference=hashing.hash_vectors,
+    name="hash_vectors",
+    lesson="01",
+    reference=hashing.hash_vectors,
     cases=[
-        _hash_case("one round, 4 buckets, points in the plane",
-                   lambda: _randn(6, 2, seed=1), lambda: _randn(1, 2, 2, seed=2)),
-        _hash_case("ties between rotated coordinates go to the first index, +xR before -xR (as argmax does)",
-                   _tie_points, _tie_rotations),
-        _hash_case("several rounds: one R per round, buckets [..., n_rounds, L]",
-                   lambda: _randn(5, 3, seed=3), lambda: _randn(3, 3, 2, seed=4)),
-        _hash_case("leading dims [batch, heads, L, d]",
-                   lambda: _randn(2, 3, 4, 4, seed=5), lambda: _randn(1, 4, 3, seed=6)),
-        _hash_case("float32, and only the direction matters (vectors of very different lengths)",
-                   lambda: _randn(8, 3, seed=7, dtype=torch.float32) * torch.logspace(-3, 3, 8)[:, None],
-                   lambda: _randn(2, 3, 4, seed=8, dtype=torch.float32)),
-        _hash_case("many vectors, 16 buckets, 2 rounds", lambda: _randn(2, 64, 16, seed=9),
-                   lambda: _randn(2, 16, 8, seed=10)),
+        _hash_case(
+            "one round, 4 buckets, points in the plane", lambda: _randn(6, 2, seed=1), lambda: _randn(1, 2, 2, seed=2)
+        ),
+        _hash_case(
+            "ties between rotated coordinates go to the first index, +xR before -xR (as argmax does)",
+            _tie_points,
+            _tie_rotations,
+        ),
+        _hash_case(
+            "several rounds: one R per round, buckets [..., n_rounds, L]",
+            lambda: _randn(5, 3, seed=3),
+            lambda: _randn(3, 3, 2, seed=4),
+        ),
+        _hash_case(
+            "leading dims [batch, heads, L, d]", lambda: _randn(2, 3, 4, 4, seed=5), lambda: _randn(1, 4, 3, seed=6)
+        ),
+        _hash_case(
+            "float32, and only the direction matters (vectors of very different lengths)",
+            lambda: _randn(8, 3, seed=7, dtype=torch.float32) * torch.logspace(-3, 3, 8)[:, None],
+            lambda: _randn(2, 3, 4, seed=8, dtype=torch.float32),
+        ),
+        _hash_case(
+            "many vectors, 16 buckets, 2 rounds", lambda: _randn(2, 64, 16, seed=9), lambda: _randn(2, 16, 8, seed=10)
+        ),
     ],
     hint="Rotate every vector with every round's R at once (torch.einsum('...ld,rdb->...rlb', x, R) gives "
-         "[..., n_rounds, L, n_buckets/2]), put xR and -xR side by side along the last dim and take argmax there.",
+    "[..., n_rounds, L, n_buckets/2]), put xR and -xR side by side along the last dim and take argmax there.",
     mistakes=[
-        ("the -xR half is missing: h(x) = argmax([xR; -xR]) chooses among n_buckets directions, +R[:, i] "
-         "(buckets 0 … n_buckets/2 − 1) and −R[:, i] (buckets n_buckets/2 … n_buckets − 1); argmax(xR) alone "
-         "never gives the second half",
-         lambda x, rotations: torch.einsum("...ld,rdb->...rlb", x, rotations).argmax(dim=-1)),
-        ("the two halves are swapped: bucket i < n_buckets/2 is the cone around +R[:, i], so the order is "
-         "[xR; -xR], not [-xR; xR]", _hash_halves_swapped),
-        ("ties go to the last index: argmax([xR; -xR]) returns the first of equal maxima (torch.argmax does "
-         "exactly that), so +xR wins a tie against -xR", _hash_last_tie),
-        ("the rounds axis is in the wrong place: the buckets are [..., n_rounds, L], a row of L ids per round",
-         lambda x, rotations: hashing.hash_vectors(x, rotations).transpose(-1, -2)),
-        ("only the first round is hashed: every round has its own R (rotations[r]) and its own row of buckets",
-         lambda x, rotations: hashing.hash_vectors(x, rotations[:1])),
+        (
+            "the -xR half is missing: h(x) = argmax([xR; -xR]) chooses among n_buckets directions, +R[:, i] "
+            "(buckets 0 … n_buckets/2 − 1) and −R[:, i] (buckets n_buckets/2 … n_buckets − 1); argmax(xR) alone "
+            "never gives the second half",
+            lambda x, rotations: torch.einsum("...ld,rdb->...rlb", x, rotations).argmax(dim=-1),
+        ),
+        (
+            "the two halves are swapped: bucket i < n_buckets/2 is the cone around +R[:, i], so the order is "
+            "[xR; -xR], not [-xR; xR]",
+            _hash_halves_swapped,
+        ),
+        (
+            "ties go to the last index: argmax([xR; -xR]) returns the first of equal maxima (torch.argmax does "
+            "exactly that), so +xR wins a tie against -xR",
+            _hash_last_tie,
+        ),
+        (
+            "the rounds axis is in the wrong place: the buckets are [..., n_rounds, L], a row of L ids per round",
+            lambda x, rotations: hashing.hash_vectors(x, rotations).transpose(-1, -2),
+        ),
+        (
+            "only the first round is hashed: every round has its own R (rotations[r]) and its own row of buckets",
+            lambda x, rotations: hashing.hash_vectors(x, rotations[:1]),
+        ),
     ],
 )
 
@@ -142,27 +167,42 @@ def _sort_reversed_ties(buckets):
 
 
 _exercise(
-    name="sort_by_bucket", lesson="02", reference=lsh.sort_by_bucket, names=("sorted_pos", "undo"),
+    name="sort_by_bucket",
+    lesson="02",
+    reference=lsh.sort_by_bucket,
+    names=("sorted_pos", "undo"),
     cases=[
         Case("distinct buckets", _ints([2, 0, 3, 1])),
         Case("equal buckets keep their positions' order (ties broken by position)", _ints([1, 0, 1, 0, 1, 0])),
         Case("the padding bucket n_buckets sorts after every real bucket", _ints([4, 1, 0, 4, 1, 2])),
-        Case("several rounds and a batch [b, n_rounds, L]: each round sorts on its own",
-             lambda: ({"buckets": torch.randint(4, (2, 3, 7), generator=_generator(11))}, {})),
+        Case(
+            "several rounds and a batch [b, n_rounds, L]: each round sorts on its own",
+            lambda: ({"buckets": torch.randint(4, (2, 3, 7), generator=_generator(11))}, {}),
+        ),
         Case("many tokens, 8 buckets", lambda: ({"buckets": torch.randint(8, (2, 64), generator=_generator(12))}, {})),
     ],
     hint="Sort by the single key bucket * L + position (torch.argsort along the last dim): it orders by bucket and, "
-         "inside a bucket, by position. undo is the inverse permutation: torch.argsort(sorted_pos) (or a scatter).",
+    "inside a bucket, by position. undo is the inverse permutation: torch.argsort(sorted_pos) (or a scatter).",
     mistakes=[
-        ("ties within a bucket are reversed: inside a bucket the tokens stay in sequence order, so the key is "
-         "bucket · L + position (not − position)", _sort_reversed_ties),
-        ("undo is not the inverse of sorted_pos: undo[i] is the sorted slot of position i, so undo[sorted_pos[s]] = s "
-         "(torch.argsort(sorted_pos)); a permutation is usually not its own inverse",
-         lambda buckets: (lsh.sort_by_bucket(buckets)[0],) * 2),
-        ("sorted_pos and undo are swapped: sorted_pos[s] is the original position of the s-th sorted token, undo[i] "
-         "the sorted slot of position i", lambda buckets: lsh.sort_by_bucket(buckets)[::-1]),
-        ("sorted in descending bucket order: bucket 0 comes first (and padding, bucket n_buckets, last)",
-         lambda buckets: lsh.sort_by_bucket(buckets.max() - buckets)),
+        (
+            "ties within a bucket are reversed: inside a bucket the tokens stay in sequence order, so the key is "
+            "bucket · L + position (not − position)",
+            _sort_reversed_ties,
+        ),
+        (
+            "undo is not the inverse of sorted_pos: undo[i] is the sorted slot of position i, so "
+            "undo[sorted_pos[s]] = s (torch.argsort(sorted_pos)); a permutation is usually not its own inverse",
+            lambda buckets: (lsh.sort_by_bucket(buckets)[0],) * 2,
+        ),
+        (
+            "sorted_pos and undo are swapped: sorted_pos[s] is the original position of the s-th sorted token, undo[i] "
+            "the sorted slot of position i",
+            lambda buckets: lsh.sort_by_bucket(buckets)[::-1],
+        ),
+        (
+            "sorted in descending bucket order: bucket 0 comes first (and padding, bucket n_buckets, last)",
+            lambda buckets: lsh.sort_by_bucket(buckets.max() - buckets),
+        ),
     ],
 )
 
@@ -173,6 +213,7 @@ def _chunks(n_chunks, chunk_len, look_back, *, leading=(), d=None, dim=-2):
         shape = (*leading, n_chunks, chunk_len) + ((d,) if d else ())
         x = torch.arange(math.prod(shape)).view(shape)  # ids, so a wrong window shows which chunk came
         return {"x": x if d is None else x.double(), "look_back": look_back}, {"dim": dim}
+
     return build
 
 
@@ -187,10 +228,11 @@ def _no_wrap_zeros(x, look_back, dim=-2):
 
 
 _exercise(
-    name="look_back_chunks", lesson="02", reference=lsh.look_back_chunks,
+    name="look_back_chunks",
+    lesson="02",
+    reference=lsh.look_back_chunks,
     cases=[
-        Case("look_back=1: a chunk, then the chunk before it; chunk 0 looks back at the last chunk",
-             _chunks(4, 2, 1)),
+        Case("look_back=1: a chunk, then the chunk before it; chunk 0 looks back at the last chunk", _chunks(4, 2, 1)),
         Case("look_back=0: each chunk alone", _chunks(3, 2, 0)),
         Case("look_back=2", _chunks(5, 2, 2)),
         Case("look_back >= n_chunks: only n_chunks − 1 chunks back, so no key appears twice", _chunks(3, 2, 4)),
@@ -199,20 +241,30 @@ _exercise(
         Case("leading dims [b, r, n_chunks, c]", _chunks(4, 3, 1, leading=(2, 2))),
     ],
     hint="torch.roll(x, shift, dims=dim) puts chunk i - shift in place i and wraps the last chunks around to the "
-         "front. Concatenate shifts 0, 1, ..., look_back along dim + 1, and never take more than n_chunks - 1.",
+    "front. Concatenate shifts 0, 1, ..., look_back along dim + 1, and never take more than n_chunks - 1.",
     mistakes=[
-        ("no wrap-around: chunk 0 looks back at the last chunk (torch.roll wraps; a shift that pads does not)",
-         _no_wrap_zeros),
-        ("the window starts with the chunk before: it is the chunk itself first, then 1, 2, … chunks back (the "
-         "mask and the self bias expect the query's own chunk in front)",
-         lambda x, look_back, dim=-2: torch.cat(
-             [x.roll(s, dims=dim) for s in reversed(range(min(look_back, x.shape[dim] - 1) + 1))], dim=dim + 1)),
-        ("the window looks forward: chunk i must see chunk i − 1 (roll by +1), not chunk i + 1",
-         lambda x, look_back, dim=-2: torch.cat(
-             [x.roll(-s, dims=dim) for s in range(min(look_back, x.shape[dim] - 1) + 1)], dim=dim + 1)),
-        ("look_back is not cut to n_chunks − 1: with few chunks the window takes the same chunk twice, and its keys "
-         "would count twice", lambda x, look_back, dim=-2: torch.cat(
-             [x.roll(s, dims=dim) for s in range(look_back + 1)], dim=dim + 1)),
+        (
+            "no wrap-around: chunk 0 looks back at the last chunk (torch.roll wraps; a shift that pads does not)",
+            _no_wrap_zeros,
+        ),
+        (
+            "the window starts with the chunk before: it is the chunk itself first, then 1, 2, … chunks back (the "
+            "mask and the self bias expect the query's own chunk in front)",
+            lambda x, look_back, dim=-2: torch.cat(
+                [x.roll(s, dims=dim) for s in reversed(range(min(look_back, x.shape[dim] - 1) + 1))], dim=dim + 1
+            ),
+        ),
+        (
+            "the window looks forward: chunk i must see chunk i − 1 (roll by +1), not chunk i + 1",
+            lambda x, look_back, dim=-2: torch.cat(
+                [x.roll(-s, dims=dim) for s in range(min(look_back, x.shape[dim] - 1) + 1)], dim=dim + 1
+            ),
+        ),
+        (
+            "look_back is not cut to n_chunks − 1: with few chunks the window takes the same chunk twice, and its keys "
+            "would count twice",
+            lambda x, look_back, dim=-2: torch.cat([x.roll(s, dims=dim) for s in range(look_back + 1)], dim=dim + 1),
+        ),
     ],
 )
 
@@ -220,8 +272,13 @@ _exercise(
 # ---- 02: chunk_mask ---------------------------------------------------------------------------------------
 def _mask_case(prop, q_pos, k_pos, q_buckets, k_buckets, length, **options):
     t = torch.tensor
-    return Case(prop, lambda: ({"q_pos": t(q_pos), "k_pos": t(k_pos), "q_buckets": t(q_buckets),
-                                "k_buckets": t(k_buckets)}, dict(length=length, **options)))
+    return Case(
+        prop,
+        lambda: (
+            {"q_pos": t(q_pos), "k_pos": t(k_pos), "q_buckets": t(q_buckets), "k_buckets": t(k_buckets)},
+            dict(length=length, **options),
+        ),
+    )
 
 
 def _random_mask_case(prop, seed, **options):
@@ -231,6 +288,7 @@ def _random_mask_case(prop, seed, **options):
         buckets = torch.randint(3, (3, 4), generator=g)
         k_pos, k_buckets = (lsh.look_back_chunks(t, 1) for t in (pos, buckets))
         return {"q_pos": pos, "k_pos": k_pos, "q_buckets": buckets, "k_buckets": k_buckets}, dict(length=10, **options)
+
     return Case(prop, build)
 
 
@@ -245,41 +303,77 @@ def _mask_variant(*, strict=False, pad=True, pad_on_queries=False, buckets=None,
         if same_bucket_only if buckets is None else buckets:
             allowed = allowed & (k_buckets[..., None, :] == q_buckets[..., :, None])
         return allowed
+
     return wrong
 
 
 _exercise(
-    name="chunk_mask", lesson="02", reference=lsh.chunk_mask,
+    name="chunk_mask",
+    lesson="02",
+    reference=lsh.chunk_mask,
     cases=[
-        _mask_case("same bucket only: a key of another bucket is masked", [2, 0], [2, 0, 3, 1], [1, 0], [1, 0, 1, 1],
-                   length=4),
-        _mask_case("padding keys (position >= length) are never attended", [2, 0], [2, 0, 4, 5], [1, 1], [1, 1, 1, 1],
-                   length=4),
-        _mask_case("causal=True: no key after the query, but the query itself is allowed (k_pos <= q_pos)",
-                   [0, 2], [0, 2, 1, 3], [0, 0], [0, 0, 0, 0], length=4, causal=True),
-        _mask_case("same_bucket_only=False (trax/HF): every bucket in the window", [2, 0], [2, 0, 3, 1], [1, 0],
-                   [1, 0, 1, 1], length=4, same_bucket_only=False),
+        _mask_case(
+            "same bucket only: a key of another bucket is masked", [2, 0], [2, 0, 3, 1], [1, 0], [1, 0, 1, 1], length=4
+        ),
+        _mask_case(
+            "padding keys (position >= length) are never attended", [2, 0], [2, 0, 4, 5], [1, 1], [1, 1, 1, 1], length=4
+        ),
+        _mask_case(
+            "causal=True: no key after the query, but the query itself is allowed (k_pos <= q_pos)",
+            [0, 2],
+            [0, 2, 1, 3],
+            [0, 0],
+            [0, 0, 0, 0],
+            length=4,
+            causal=True,
+        ),
+        _mask_case(
+            "same_bucket_only=False (trax/HF): every bucket in the window",
+            [2, 0],
+            [2, 0, 3, 1],
+            [1, 0],
+            [1, 0, 1, 1],
+            length=4,
+            same_bucket_only=False,
+        ),
         _random_mask_case("3 chunks of 4 sorted tokens, windows from look_back_chunks, padding", 13),
         _random_mask_case("the same, causal", 14, causal=True),
     ],
     hint="Make queries rows and keys columns (q[..., :, None] against k[..., None, :]), start from 'the key is "
-         "not padding' (k_pos < length) and AND in each rule that is switched on. Return [..., c, w].",
+    "not padding' (k_pos < length) and AND in each rule that is switched on. Return [..., c, w].",
     mistakes=[
-        ("the causal mask is strict: under causal=True a query may attend every key at or before its own position "
-         "(k_pos <= q_pos); the self bias, not the mask, keeps it away from itself, and the first token has only "
-         "itself", _mask_variant(strict=True)),
-        ("padding is attended: keys at positions >= length are padding and must never be attended",
-         _mask_variant(pad=False)),
-        ("padding is tested on the queries: it is the keys at positions >= length that must be masked",
-         _mask_variant(pad_on_queries=True)),
-        ("the causal mask points the wrong way: a query may attend earlier keys (k_pos <= q_pos), not later ones",
-         _mask_variant(later=True)),
-        ("same_bucket_only is not honoured: True keeps only keys of the query's bucket, False allows every key in "
-         "the window", _mask_variant(buckets=True)),
-        ("the bucket rule is missing: with same_bucket_only=True (the paper) a query only attends keys of its "
-         "own bucket", _mask_variant(buckets=False)),
-        ("the mask is transposed: queries are rows and keys columns, [..., c, w]",
-         lambda *a, **k: lsh.chunk_mask(*a, **k).mT),
+        (
+            "the causal mask is strict: under causal=True a query may attend every key at or before its own position "
+            "(k_pos <= q_pos); the self bias, not the mask, keeps it away from itself, and the first token has only "
+            "itself",
+            _mask_variant(strict=True),
+        ),
+        (
+            "padding is attended: keys at positions >= length are padding and must never be attended",
+            _mask_variant(pad=False),
+        ),
+        (
+            "padding is tested on the queries: it is the keys at positions >= length that must be masked",
+            _mask_variant(pad_on_queries=True),
+        ),
+        (
+            "the causal mask points the wrong way: a query may attend earlier keys (k_pos <= q_pos), not later ones",
+            _mask_variant(later=True),
+        ),
+        (
+            "same_bucket_only is not honoured: True keeps only keys of the query's bucket, False allows every key in "
+            "the window",
+            _mask_variant(buckets=True),
+        ),
+        (
+            "the bucket rule is missing: with same_bucket_only=True (the paper) a query only attends keys of its "
+            "own bucket",
+            _mask_variant(buckets=False),
+        ),
+        (
+            "the mask is transposed: queries are rows and keys columns, [..., c, w]",
+            lambda *a, **k: lsh.chunk_mask(*a, **k).mT,
+        ),
     ],
 )
 
@@ -296,6 +390,7 @@ def _attend_case(prop, c, w, d, *, seed, allowed=None, leading=()):
         if allowed is None and leading:
             mask = torch.rand(*leading, c, w, generator=g) < 0.6
         return {"q": q, "k": k, "v": v, "allowed": mask}, {}
+
     return Case(prop, build)
 
 
@@ -309,38 +404,67 @@ def _attend_variant(*, self_bias=True, scale=True, mask=True, neg_inf=False, lse
         if mask:
             scores = scores.masked_fill(~allowed, -math.inf if neg_inf else torch.finfo(scores.dtype).min)
         return scores.softmax(-1) @ v, (unmasked if lse_unmasked else scores).logsumexp(-1)
+
     return wrong
 
 
 _exercise(
-    name="attend", lesson="02", reference=lsh.attend,
+    name="attend",
+    lesson="02",
+    reference=lsh.attend,
     names=("out", "lse"),
     cases=[
         _attend_case("2 queries, a window of 4 keys, everything allowed", 2, 4, 2, seed=15),
-        _attend_case("masked keys get no weight", 2, 4, 2, seed=16,
-                     allowed=[[True, True, False, True], [False, True, True, False]]),
-        _attend_case("the query itself scores 1e5 lower: attended only when nothing else is allowed", 2, 4, 3, seed=17,
-                     allowed=[[True, False, False, False], [False, True, True, False]]),
-        _attend_case("a row where nothing is allowed (a padding query) stays finite", 2, 4, 2, seed=18,
-                     allowed=[[False, False, False, False], [True, True, True, True]]),
+        _attend_case(
+            "masked keys get no weight",
+            2,
+            4,
+            2,
+            seed=16,
+            allowed=[[True, True, False, True], [False, True, True, False]],
+        ),
+        _attend_case(
+            "the query itself scores 1e5 lower: attended only when nothing else is allowed",
+            2,
+            4,
+            3,
+            seed=17,
+            allowed=[[True, False, False, False], [False, True, True, False]],
+        ),
+        _attend_case(
+            "a row where nothing is allowed (a padding query) stays finite",
+            2,
+            4,
+            2,
+            seed=18,
+            allowed=[[False, False, False, False], [True, True, True, True]],
+        ),
         _attend_case("scores scaled by 1/sqrt(d), d = 16", 3, 6, 16, seed=19),
         _attend_case("leading dims [b, r, n_chunks, c, d], random masks", 4, 8, 4, seed=20, leading=(2, 2, 3)),
     ],
     hint="scores = q @ k^T / sqrt(d); subtract 1e5 (lsh.SELF_BIAS) on the diagonal of the first c columns "
-         "(torch.eye(c, w)); put the most negative float (torch.finfo(dtype).min) where allowed is False; then "
-         "out = softmax(scores) @ v and lse = logsumexp(scores) over the keys.",
+    "(torch.eye(c, w)); put the most negative float (torch.finfo(dtype).min) where allowed is False; then "
+    "out = softmax(scores) @ v and lse = logsumexp(scores) over the keys.",
     mistakes=[
-        ("no self bias: with shared QK every query is its own best match, so the query itself (the diagonal of the "
-         "first c columns: the window starts with the query's own chunk) scores 1e5 lower (lsh.SELF_BIAS)",
-         _attend_variant(self_bias=False)),
-        ("the scores are not scaled: the paper's attention is softmax(q k^T / sqrt(d)) (lesson 02, shared QK)",
-         _attend_variant(scale=False)),
+        (
+            "no self bias: with shared QK every query is its own best match, so the query itself (the diagonal of the "
+            "first c columns: the window starts with the query's own chunk) scores 1e5 lower (lsh.SELF_BIAS)",
+            _attend_variant(self_bias=False),
+        ),
+        (
+            "the scores are not scaled: the paper's attention is softmax(q k^T / sqrt(d)) (lesson 02, shared QK)",
+            _attend_variant(scale=False),
+        ),
         ("the mask is not applied: keys where allowed is False must get no weight", _attend_variant(mask=False)),
-        ("-inf for masked keys: a row where nothing is allowed (a padding query) becomes nan; use the most negative "
-         "float, torch.finfo(dtype).min, so it stays finite (its output is dropped later)",
-         _attend_variant(neg_inf=True)),
-        ("lse ignores the mask: it is the logsumexp of the scores the softmax used (masked, with the self bias)",
-         _attend_variant(lse_unmasked=True)),
+        (
+            "-inf for masked keys: a row where nothing is allowed (a padding query) becomes nan; use the most negative "
+            "float, torch.finfo(dtype).min, so it stays finite (its output is dropped later)",
+            _attend_variant(neg_inf=True),
+        ),
+        (
+            "lse ignores the mask: it is the logsumexp of the scores the softmax used (masked, with the self bias)",
+            _attend_variant(lse_unmasked=True),
+        ),
     ],
 )
 
@@ -352,6 +476,7 @@ def _combine_case(prop, n_rounds, length, d, *, seed, lse_scale=1.0, lse_shift=0
         o = torch.randn(*leading, n_rounds, length, d, generator=g, dtype=torch.float64)
         lse = torch.randn(*leading, n_rounds, length, generator=g, dtype=torch.float64) * lse_scale + lse_shift
         return {"o": o, "lse": lse}, {}
+
     return Case(prop, build)
 
 
@@ -361,26 +486,39 @@ def _combine_naive(o, lse):
 
 
 _exercise(
-    name="combine_rounds", lesson="02", reference=lsh.combine_rounds,
+    name="combine_rounds",
+    lesson="02",
+    reference=lsh.combine_rounds,
     cases=[
         _combine_case("2 rounds, 3 tokens", 2, 3, 2, seed=21),
         _combine_case("one round: the output is that round's", 1, 4, 2, seed=22),
         _combine_case("rounds of very different weight (logsumexps far apart)", 3, 3, 2, seed=23, lse_scale=20.0),
-        _combine_case("large logsumexps (about 800): exp(800) overflows even in float64", 2, 3, 2, seed=24,
-                      lse_shift=800.0),
+        _combine_case(
+            "large logsumexps (about 800): exp(800) overflows even in float64", 2, 3, 2, seed=24, lse_shift=800.0
+        ),
         _combine_case("leading dims [b, heads, n_rounds, L, d]", 4, 5, 3, seed=25, leading=(2, 2)),
     ],
     hint="The weight of round r for token i is exp(z_r - logsumexp_r z_r): a softmax of lse over the rounds "
-         "axis (dim -2 of lse). Multiply each round's output by it and sum over the rounds (dim -3 of o).",
+    "axis (dim -2 of lse). Multiply each round's output by it and sum over the rounds (dim -3 of o).",
     mistakes=[
-        ("the rounds are averaged: each round counts by exp(z_r − logsumexp_r z_r), the share of the query's "
-         "probability mass its window held, not 1/n_rounds", lambda o, lse: o.mean(dim=-3)),
-        ("the softmax runs over the tokens: the rounds are dim −2 of lse (and dim −3 of o)",
-         lambda o, lse: (lse.softmax(dim=-1)[..., None] * o).sum(dim=-3)),
-        ("the weights are not normalised: exp(z_r) must be divided by the sum over the rounds (a softmax)",
-         lambda o, lse: (lse.exp()[..., None] * o).sum(dim=-3)),
-        ("exp overflows: exp(800) is inf and inf / inf is nan; subtract the largest z first, which is what "
-         "torch.softmax does", _combine_naive),
+        (
+            "the rounds are averaged: each round counts by exp(z_r − logsumexp_r z_r), the share of the query's "
+            "probability mass its window held, not 1/n_rounds",
+            lambda o, lse: o.mean(dim=-3),
+        ),
+        (
+            "the softmax runs over the tokens: the rounds are dim −2 of lse (and dim −3 of o)",
+            lambda o, lse: (lse.softmax(dim=-1)[..., None] * o).sum(dim=-3),
+        ),
+        (
+            "the weights are not normalised: exp(z_r) must be divided by the sum over the rounds (a softmax)",
+            lambda o, lse: (lse.exp()[..., None] * o).sum(dim=-3),
+        ),
+        (
+            "exp overflows: exp(800) is inf and inf / inf is nan; subtract the largest z first, which is what "
+            "torch.softmax does",
+            _combine_naive,
+        ),
     ],
 )
 
@@ -396,13 +534,16 @@ def _lsh_observe(fn, args, kwargs):
             observed.update({"gradient of qk": NO_GRADIENT, "gradient of v": NO_GRADIENT})
         else:
             weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-            observed.update(zip(("gradient of qk", "gradient of v"), torch.autograd.grad((out * weights).sum(), (qk, v))))
+            observed.update(
+                zip(("gradient of qk", "gradient of v"), torch.autograd.grad((out * weights).sum(), (qk, v)))
+            )
     return observed
 
 
 def _lsh_variant(*, self_bias=True, unit_keys=True, scale=True, mean_rounds=False, look_back=1, ignore_causal=False):
     """LSH attention with one convention changed, written densely (an [L, L] mask per round, as
     ``lsh.lsh_attention_reference``): what a typical mistake computes."""
+
     def wrong(qk, v, rotations, *, chunk_len, causal=False):
         length, d = qk.shape[-2:]
         buckets = hashing.hash_vectors(qk, rotations)  # [..., r, L]
@@ -420,6 +561,7 @@ def _lsh_variant(*, self_bias=True, unit_keys=True, scale=True, mean_rounds=Fals
         scores = scores.masked_fill(~ok, -math.inf)
         o = scores.softmax(dim=-1) @ v.unsqueeze(-3)  # [..., r, L, d]
         return o.mean(dim=-3) if mean_rounds else lsh.combine_rounds(o, scores.logsumexp(dim=-1))
+
     return wrong
 
 
@@ -433,39 +575,69 @@ def _lsh_case(prop, shape, n_rounds, n_buckets, chunk_len, *, seed, causal=False
         v = torch.randn(*shape, generator=g, dtype=torch.float64)
         rotations = hashing.random_rotations(shape[-1], n_buckets, n_rounds, generator=g, dtype=torch.float64)
         return {"qk": qk, "v": v, "rotations": rotations}, {"chunk_len": chunk_len, "causal": causal}
+
     return Case(prop, build)
 
 
 _exercise(
-    name="lsh_attention", lesson="02",
-    reference=lambda qk, v, rotations, *, chunk_len, causal=False: fast_lsh_attention(qk, v, rotations,
-                                                                                       chunk_len=chunk_len, causal=causal),
+    name="lsh_attention",
+    lesson="02",
+    reference=lambda qk, v, rotations, *, chunk_len, causal=False: fast_lsh_attention(
+        qk, v, rotations, chunk_len=chunk_len, causal=causal
+    ),
     observe=_lsh_observe,
     cases=[
         _lsh_case("one round, L = 8 in 2 chunks of 4", (8, 4), 1, 4, 4, seed=26),
-        _lsh_case("L = 10 is not a multiple of chunk_len = 4: padded, and padding is never attended", (10, 4), 1, 4, 4,
-                  seed=27),
+        _lsh_case(
+            "L = 10 is not a multiple of chunk_len = 4: padded, and padding is never attended",
+            (10, 4),
+            1,
+            4,
+            4,
+            seed=27,
+        ),
         _lsh_case("causal=True: the first token has only itself to attend", (8, 4), 1, 2, 4, seed=28, causal=True),
         _lsh_case("3 rounds, combined by their logsumexps", (12, 4), 3, 4, 4, seed=29),
-        _lsh_case("a bucket that spills over a chunk boundary: the look-back finds its first members", (16, 8), 1, 4, 4,
-                  seed=30, clustered=True),
-        _lsh_case("leading dims [b, heads, L, d], 2 rounds, causal, L not a multiple of the chunk", (2, 2, 13, 4), 2, 4,
-                  4, seed=31, causal=True),
+        _lsh_case(
+            "a bucket that spills over a chunk boundary: the look-back finds its first members",
+            (16, 8),
+            1,
+            4,
+            4,
+            seed=30,
+            clustered=True,
+        ),
+        _lsh_case(
+            "leading dims [b, heads, L, d], 2 rounds, causal, L not a multiple of the chunk",
+            (2, 2, 13, 4),
+            2,
+            4,
+            4,
+            seed=31,
+            causal=True,
+        ),
     ],
     hint="Pad L to a multiple of chunk_len (padding gets bucket n_buckets), hash, sort each round (lsh.sort_vectors "
-         "puts the vectors in sorted order), cut into chunks (lsh.split_chunks), give each chunk its window of keys "
-         "(normalised) and values with your look_back_chunks, build the mask from the sorted positions and buckets, "
-         "attend, put each round back in order (lsh.unsort for the outputs, gather with undo for lse), combine, and "
-         "drop the padding.",
+    "puts the vectors in sorted order), cut into chunks (lsh.split_chunks), give each chunk its window of keys "
+    "(normalised) and values with your look_back_chunks, build the mask from the sorted positions and buckets, "
+    "attend, put each round back in order (lsh.unsort for the outputs, gather with undo for lse), combine, and "
+    "drop the padding.",
     mistakes=[
-        ("no self bias: with shared QK each query is its own best match; its self score gets −1e5 so that it "
-         "attends itself only when nothing else is allowed", _lsh_variant(self_bias=False)),
-        ("the keys are not unit vectors: k_j = q_j / |q_j| (the queries stay as they are)",
-         _lsh_variant(unit_keys=False)),
+        (
+            "no self bias: with shared QK each query is its own best match; its self score gets −1e5 so that it "
+            "attends itself only when nothing else is allowed",
+            _lsh_variant(self_bias=False),
+        ),
+        (
+            "the keys are not unit vectors: k_j = q_j / |q_j| (the queries stay as they are)",
+            _lsh_variant(unit_keys=False),
+        ),
         ("the scores are not scaled by 1/sqrt(d)", _lsh_variant(scale=False)),
         ("the rounds are averaged instead of combined by their logsumexps", _lsh_variant(mean_rounds=True)),
-        ("no look-back: each chunk also attends the chunk before it (look_back=1, chunk 0 wrapping to the last)",
-         _lsh_variant(look_back=0)),
+        (
+            "no look-back: each chunk also attends the chunk before it (look_back=1, chunk 0 wrapping to the last)",
+            _lsh_variant(look_back=0),
+        ),
         ("causal is ignored: under causal=True no query attends a later position", _lsh_variant(ignore_causal=True)),
     ],
 )
@@ -483,6 +655,7 @@ def _rev_case(prop, shape, *, seed):
             f, g = _branch(shape[-1], seed), _branch(shape[-1], seed + 100)
         y1, y2 = _randn(*shape, seed=seed), _randn(*shape, seed=seed + 1)
         return {"f": f, "g": g, "y1": y1, "y2": y2}, {}
+
     return Case(prop, build)
 
 
@@ -490,11 +663,15 @@ def _rev_no_grad(observe):
     def run(fn, args, kwargs):
         with torch.no_grad():
             return observe(fn, args, kwargs)
+
     return run
 
 
 _exercise(
-    name="rev_inverse", lesson="03", reference=lambda f, g, y1, y2: RevBlock(f, g).inverse(y1, y2), names=("x1", "x2"),
+    name="rev_inverse",
+    lesson="03",
+    reference=lambda f, g, y1, y2: RevBlock(f, g).inverse(y1, y2),
+    names=("x1", "x2"),
     observe=_rev_no_grad(lambda fn, args, kwargs: fn(*args.values(), **kwargs)),
     cases=[
         _rev_case("one token pair [1, 2], F and G two different small networks", (1, 2), seed=32),
@@ -502,18 +679,28 @@ _exercise(
         _rev_case("wider halves [3, 8]", (3, 8), seed=34),
     ],
     hint="Undo the last update first: y2 = x2 + G(y1) and y1 is known, so x2 = y2 - G(y1). Then y1 = x1 + F(x2) "
-         "with the x2 you just rebuilt: x1 = y1 - F(x2). Return (x1, x2).",
+    "with the x2 you just rebuilt: x1 = y1 - F(x2). Return (x1, x2).",
     mistakes=[
-        ("x1 is rebuilt from y2: x1 = y1 − F(x2) needs x2, so rebuild x2 = y2 − G(y1) first; F(y2) is not F(x2)",
-         lambda f, g, y1, y2: (y1 - f(y2), y2 - g(y1))),
-        ("the halves are returned in the wrong order: return (x1, x2)",
-         lambda f, g, y1, y2: RevBlock(f, g).inverse(y1, y2)[::-1]),
-        ("F and G are swapped: y1 = x1 + F(x2) and y2 = x2 + G(y1), so x2 = y2 − G(y1) and x1 = y1 − F(x2)",
-         lambda f, g, y1, y2: RevBlock(g, f).inverse(y1, y2)),
-        ("the residuals are added: the inverse subtracts them, x2 = y2 − G(y1), x1 = y1 − F(x2)",
-         lambda f, g, y1, y2: (y1 + f(y2 + g(y1)), y2 + g(y1))),
-        ("G is applied to y2: x2 = y2 − G(y1), since G's input in the forward pass was y1",
-         lambda f, g, y1, y2: (y1 - f(y2 - g(y2)), y2 - g(y2))),
+        (
+            "x1 is rebuilt from y2: x1 = y1 − F(x2) needs x2, so rebuild x2 = y2 − G(y1) first; F(y2) is not F(x2)",
+            lambda f, g, y1, y2: (y1 - f(y2), y2 - g(y1)),
+        ),
+        (
+            "the halves are returned in the wrong order: return (x1, x2)",
+            lambda f, g, y1, y2: RevBlock(f, g).inverse(y1, y2)[::-1],
+        ),
+        (
+            "F and G are swapped: y1 = x1 + F(x2) and y2 = x2 + G(y1), so x2 = y2 − G(y1) and x1 = y1 − F(x2)",
+            lambda f, g, y1, y2: RevBlock(g, f).inverse(y1, y2),
+        ),
+        (
+            "the residuals are added: the inverse subtracts them, x2 = y2 − G(y1), x1 = y1 − F(x2)",
+            lambda f, g, y1, y2: (y1 + f(y2 + g(y1)), y2 + g(y1)),
+        ),
+        (
+            "G is applied to y2: x2 = y2 − G(y1), since G's input in the forward pass was y1",
+            lambda f, g, y1, y2: (y1 - f(y2 - g(y2)), y2 - g(y2)),
+        ),
     ],
 )
 
@@ -559,6 +746,7 @@ def _ff_case(prop, shape, chunk_size, *, d_ff=16, seed):
             torch.manual_seed(seed)
             ff = nn.Sequential(nn.Linear(shape[-1], d_ff), nn.GELU(), nn.Linear(d_ff, shape[-1])).double()
         return {"ff": ff, "x": _randn(*shape, seed=seed), "chunk_size": chunk_size}, {}
+
     return Case(prop, build)
 
 
@@ -566,8 +754,10 @@ def _ff_drop_last(ff, x, chunk_size):
     if chunk_size is None:
         return ff(x)
     full = x.shape[-2] - x.shape[-2] % chunk_size
-    return torch.cat([solutions.chunked_feed_forward(ff, x[..., i : i + chunk_size, :], None)
-                      for i in range(0, full, chunk_size)], dim=-2)
+    return torch.cat(
+        [solutions.chunked_feed_forward(ff, x[..., i : i + chunk_size, :], None) for i in range(0, full, chunk_size)],
+        dim=-2,
+    )
 
 
 def _ff_plain_loop(ff, x, chunk_size):
@@ -577,7 +767,10 @@ def _ff_plain_loop(ff, x, chunk_size):
 
 
 _exercise(
-    name="chunked_feed_forward", lesson="04", reference=chunking.chunked_feed_forward, observe=_ff_observe,
+    name="chunked_feed_forward",
+    lesson="04",
+    reference=chunking.chunked_feed_forward,
+    observe=_ff_observe,
     expect=_ff_expect,
     cases=[
         _ff_case("L = 8 in chunks of 4", (8, 2), 4, seed=35),
@@ -585,17 +778,27 @@ _exercise(
         _ff_case("chunk_size=None: one call, unchunked", (5, 2), None, seed=37),
         _ff_case("chunk_size larger than L", (5, 2), 8, seed=38),
         _ff_case("leading dims [b, L, d]", (2, 9, 3), 4, seed=39),
-        _ff_case("memory: L = 256, d_ff = 256 in chunks of 32 — the forward keeps no [L, d_ff] intermediate",
-                 (256, 4), 32, d_ff=256, seed=40),
+        _ff_case(
+            "memory: L = 256, d_ff = 256 in chunks of 32 — the forward keeps no [L, d_ff] intermediate",
+            (256, 4),
+            32,
+            d_ff=256,
+            seed=40,
+        ),
     ],
     hint="x.split(chunk_size, dim=-2) cuts the sequence (the last chunk may be shorter); run ff on each chunk and "
-         "torch.cat the results along dim -2. Under autograd wrap each call in torch.utils.checkpoint.checkpoint("
-         "ff, chunk, use_reentrant=False), or every chunk's d_ff-wide intermediates stay saved for backward.",
+    "torch.cat the results along dim -2. Under autograd wrap each call in torch.utils.checkpoint.checkpoint("
+    "ff, chunk, use_reentrant=False), or every chunk's d_ff-wide intermediates stay saved for backward.",
     mistakes=[
-        ("the last, shorter chunk is dropped: when chunk_size does not divide L, x.split(chunk_size, dim=-2) "
-         "gives a shorter last chunk, and its positions need their output too", _ff_drop_last),
-        ("a plain loop under autograd saves every chunk's d_ff-wide intermediates: together they are the whole "
-         "[L, d_ff] again (lesson 04, section 4); checkpoint each chunk so that backward recomputes it",
-         _ff_plain_loop),
+        (
+            "the last, shorter chunk is dropped: when chunk_size does not divide L, x.split(chunk_size, dim=-2) "
+            "gives a shorter last chunk, and its positions need their output too",
+            _ff_drop_last,
+        ),
+        (
+            "a plain loop under autograd saves every chunk's d_ff-wide intermediates: together they are the whole "
+            "[L, d_ff] again (lesson 04, section 4); checkpoint each chunk so that backward recomputes it",
+            _ff_plain_loop,
+        ),
     ],
 )

@@ -93,7 +93,9 @@ def collision_curves(thetas, bucket_counts=(2, 4, 8, 16), *, dim=64, n_rounds=1,
     """``{n_buckets: collision_probability(thetas, n_buckets, ...)}`` for several bucket counts, one seed."""
     generator = torch.Generator().manual_seed(seed)
     return {
-        n_buckets: collision_probability(thetas, n_buckets, dim=dim, n_rounds=n_rounds, n_samples=n_samples, generator=generator)
+        n_buckets: collision_probability(
+            thetas, n_buckets, dim=dim, n_rounds=n_rounds, n_samples=n_samples, generator=generator
+        )
         for n_buckets in bucket_counts
     }
 
@@ -131,9 +133,11 @@ def hash_points(n_points, n_buckets, *, dim=2, seed=0, angle=None, rotation_seed
 def clustered_vectors(length, d, n_clusters, *, strength=4.0, generator=None):
     """``[length, d]`` float64 vectors around ``n_clusters`` random directions, as trained queries and keys
     are: each is ``strength * sqrt(d) * centre + noise``, so full attention stays mostly inside a cluster."""
-    centers = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=generator, dtype=torch.float64), dim=-1)
+    centers = torch.nn.functional.normalize(
+        torch.randn(n_clusters, d, generator=generator, dtype=torch.float64), dim=-1
+    )
     cluster = torch.randint(n_clusters, (length,), generator=generator)
-    return strength * d ** 0.5 * centers[cluster] + torch.randn(length, d, generator=generator, dtype=torch.float64)
+    return strength * d**0.5 * centers[cluster] + torch.randn(length, d, generator=generator, dtype=torch.float64)
 
 
 # ---- lesson 02: LSH attention ------------------------------------------------------------------------------
@@ -162,15 +166,27 @@ def lsh_walkthrough(length=32, d=16, n_buckets=4, n_rounds=2, chunk_len=8, *, ca
     # the permitted pairs, slot by slot: each chunk of sorted slots against its window (itself and one back)
     slots = split_chunks(torch.arange(length), chunk_len)  # [n, c]
     q_pos, q_buckets = split_chunks(sorted_pos, chunk_len), split_chunks(sorted_buckets, chunk_len)  # [r, n, c]
-    allowed = chunk_mask(q_pos, look_back_chunks(q_pos, 1), q_buckets, look_back_chunks(q_buckets, 1), length=length,
-                         causal=causal)  # [r, n, c, w]
+    allowed = chunk_mask(
+        q_pos, look_back_chunks(q_pos, 1), q_buckets, look_back_chunks(q_buckets, 1), length=length, causal=causal
+    )  # [r, n, c, w]
     allowed_sorted = torch.zeros(n_rounds, length, length, dtype=torch.bool)
     allowed_sorted[:, slots[:, :, None], look_back_chunks(slots, 1)[:, None, :]] = allowed
-    return {"buckets": buckets, "sorted_pos": sorted_pos, "undo": undo, "sorted_buckets": sorted_buckets,
-            "allowed_sorted": allowed_sorted, "attention_sorted": attention_sorted, "attention_rounds": rounds,
-            "attention": attention(rotations)[1], "full": full_attention(qk, v, causal=causal, return_attention=True)[1],
-            "chunk_len": chunk_len, "n_buckets": n_buckets,
-            "qk": qk, "v": v, "rotations": rotations}
+    return {
+        "buckets": buckets,
+        "sorted_pos": sorted_pos,
+        "undo": undo,
+        "sorted_buckets": sorted_buckets,
+        "allowed_sorted": allowed_sorted,
+        "attention_sorted": attention_sorted,
+        "attention_rounds": rounds,
+        "attention": attention(rotations)[1],
+        "full": full_attention(qk, v, causal=causal, return_attention=True)[1],
+        "chunk_len": chunk_len,
+        "n_buckets": n_buckets,
+        "qk": qk,
+        "v": v,
+        "rotations": rotations,
+    }
 
 
 def top_k_recall(qk, rotations, *, k, chunk_len, causal=False, look_back=1):
@@ -179,8 +195,9 @@ def top_k_recall(qk, rotations, *, k, chunk_len, causal=False, look_back=1):
 
     Builds ``[..., L, L]`` matrices: for lessons and tests at small L only.
     """
-    _, attn = fast_lsh_attention(qk, qk, rotations, chunk_len=chunk_len, causal=causal, look_back=look_back,
-                                 return_attention=True)  # values do not matter, only where the weight goes
+    _, attn = fast_lsh_attention(
+        qk, qk, rotations, chunk_len=chunk_len, causal=causal, look_back=look_back, return_attention=True
+    )  # values do not matter, only where the weight goes
     scores = qk @ F.normalize(qk, dim=-1).mT  # [..., L, L]
     forbidden = torch.eye(qk.shape[-2], dtype=torch.bool, device=qk.device)
     if causal:
@@ -197,15 +214,23 @@ def recall_experiment(rounds=(1, 2, 4, 8), length=1024, d=64, n_buckets=32, chun
     """Lesson 02's measurement: :func:`top_k_recall` against the number of rounds, for
     clustered vectors (like trained attention) and for random ones. Returns ``{label: [recall per round]}``."""
     g = torch.Generator().manual_seed(seed)
-    data = {"clustered (like trained attention)": clustered_vectors(length, d, 32, generator=g),
-            "random vectors": torch.randn(length, d, generator=g, dtype=torch.float64)}
-    return {name: [top_k_recall(x, random_rotations(d, n_buckets, r, generator=g, dtype=torch.float64),
-                                k=k, chunk_len=chunk_len).item() for r in rounds]
-            for name, x in data.items()}
+    data = {
+        "clustered (like trained attention)": clustered_vectors(length, d, 32, generator=g),
+        "random vectors": torch.randn(length, d, generator=g, dtype=torch.float64),
+    }
+    return {
+        name: [
+            top_k_recall(
+                x, random_rotations(d, n_buckets, r, generator=g, dtype=torch.float64), k=k, chunk_len=chunk_len
+            ).item()
+            for r in rounds
+        ]
+        for name, x in data.items()
+    }
 
 
 # ---- lessons 03 and 04: reversible stacks and the chunked feed-forward --------------------------------
-def _step(seq, x):
+def stack_step(seq, x):
     """The step lessons 03 and 04 measure: forward and backward of a reversible stack on ``x`` (duplicated,
     merged, loss = mean square), the gradients kept allocated and zeroed in place."""
     training_step(Merged(seq), x, mean_square, keep_grads=True)
@@ -213,8 +238,8 @@ def _step(seq, x):
 
 def depth_memory_experiment(depths=(1, 2, 4, 8, 12), *, length=256, d_model=32, d_ff=128, attention="full", seed=0):
     """Lesson 03's measurement: for a :func:`reversible_stack` of each depth, run ordinary and reversible,
-    the bytes saved for backward by the forward pass (:func:`~minireformer.memory.saved_activation_bytes`)
-    and the peak extra memory of a training step (:func:`~minireformer.memory.peak_memory`; the parameter
+    the bytes saved for backward by the forward pass (:func:`~minireformer.measuring.memory.saved_activation_bytes`)
+    and the peak extra memory of a training step (:func:`~minireformer.measuring.memory.peak_memory`; the parameter
     gradients exist beforehand, so the peak is activations and temporaries). Batch 1, ``[1, length, d_model]``.
 
     Returns ``{"saved": {"ordinary": [bytes per depth], "reversible": [...]}, "peak": {...}}``.
@@ -223,12 +248,12 @@ def depth_memory_experiment(depths=(1, 2, 4, 8, 12), *, length=256, d_model=32, 
     x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
     for n_blocks in depths:
         seq = reversible_stack(n_blocks, d_model, d_ff=d_ff, attention=attention, seed=seed)
-        _step(seq, x)  # allocates every .grad: later steps zero them in place
+        stack_step(seq, x)  # allocates every .grad: later steps zero them in place
         for name, reversible in (("ordinary", False), ("reversible", True)):
             seq.reversible = reversible
             torch.manual_seed(seed)
-            result["saved"][name].append(saved_activation_bytes(lambda: seq(*duplicate(x))))
-            result["peak"][name].append(peak_memory(_step, seq, x))
+            result["saved"][name].append(saved_activation_bytes(seq, *duplicate(x)))
+            result["peak"][name].append(peak_memory(stack_step, seq, x))
     return result
 
 
@@ -241,8 +266,9 @@ def drift_experiment(depths=(1, 2, 4, 8, 16, 24), *, length=64, d_model=32, d_ff
     ``n`` blocks' outputs). Returns ``{"error": {dtype: [per depth]}, "bound": {dtype: [per depth]}}``."""
     result = {"error": {}, "bound": {}}
     for dtype in (torch.float32, torch.float64):
-        blocks = list(reversible_stack(max(depths), d_model, d_ff=d_ff, attention=attention, seed=seed,
-                                       dtype=dtype).blocks)
+        blocks = list(
+            reversible_stack(max(depths), d_model, d_ff=d_ff, attention=attention, seed=seed, dtype=dtype).blocks
+        )
         x = torch.randn(2, length, d_model, generator=torch.Generator().manual_seed(seed), dtype=dtype)
         largest, y = [], (x, x)
         with torch.no_grad():
@@ -264,10 +290,13 @@ def step_times(depths, *, length=512, d_model=64, d_ff=256, repeats=5, device=No
     x = torch.randn(1, length, d_model, generator=torch.Generator().manual_seed(seed)).to(device).requires_grad_()
     times = {"ordinary": [], "reversible": []}
     for n_blocks in depths:
-        seqs = {name: reversible_stack(n_blocks, d_model, d_ff=d_ff, seed=seed, reversible=name == "reversible")
-                for name in times}
-        measured = interleaved({name: partial(_step, seq.to(device), x) for name, seq in seqs.items()},
-                               repeats, device)
+        seqs = {
+            name: reversible_stack(n_blocks, d_model, d_ff=d_ff, seed=seed, reversible=name == "reversible")
+            for name in times
+        }
+        measured = interleaved(
+            {name: partial(stack_step, seq.to(device), x) for name, seq in seqs.items()}, repeats, device
+        )
         for name in times:
             times[name].append(statistics.median(measured[name]))
     return times
@@ -290,14 +319,17 @@ def chunk_memory_experiment(n_chunks=(1, 2, 4, 8, 16), *, length=1024, d_model=3
         torch.cat([ff.net(chunk) for chunk in x.split(chunk_size, dim=-2)], dim=-2).sum().backward()
 
     sizes = [math.ceil(length / n) for n in n_chunks]
-    return {"chunked, each chunk checkpointed": [peak_memory(checkpointed, size) for size in sizes],
-            "plain loop over the chunks": [peak_memory(plain_loop, size) for size in sizes]}
+    return {
+        "chunked, each chunk checkpointed": [peak_memory(checkpointed, size) for size in sizes],
+        "plain loop over the chunks": [peak_memory(plain_loop, size) for size in sizes],
+    }
 
 
 def hash_sort_times(lengths, *, d=64, chunk_len=64, n_buckets=None, repeats=3, seed=0):
     """Where LSH attention's time goes as L grows (lesson 05): seconds (median of ``repeats``) of one round's
-    hash (:func:`~minireformer.hashing.hash_block`, the fast path's: ``L x d`` times ``d x n_buckets/2``), its sort
-    (:func:`~minireformer.lsh.sort_by_bucket`) and the whole forward pass of :func:`~minireformer.fast_lsh.fast_lsh_attention`,
+    hash (:func:`~minireformer.fast_lsh.hash_block`, the fast path's: ``L x d`` times ``d x n_buckets/2``), its sort
+    (:func:`~minireformer.lsh.sort_by_bucket`) and the whole forward pass of
+    :func:`~minireformer.fast_lsh.fast_lsh_attention`,
     on one head ``[L, d]``. ``n_buckets=None`` is the paper's ``2 L / chunk_len``, so the hash does
     ``L * d * L / chunk_len`` multiply-adds: quadratic in L. Returns ``{"hash", "sort", "attention"}``
     -> [seconds per length]."""
@@ -307,9 +339,11 @@ def hash_sort_times(lengths, *, d=64, chunk_len=64, n_buckets=None, repeats=3, s
         x = torch.randn(1, length, d, generator=g)
         rotations = random_rotations(d, n_buckets or 2 * max(1, length // chunk_len), generator=g)
         buckets = hash_block(x, rotations)
-        steps = {"hash": lambda: hash_block(x, rotations), "sort": lambda: sort_by_bucket(buckets),
-                 "attention": lambda: fast_lsh_attention(x, x, rotations, chunk_len=chunk_len)}
+        steps = {
+            "hash": partial(hash_block, x, rotations),
+            "sort": partial(sort_by_bucket, buckets),
+            "attention": partial(fast_lsh_attention, x, x, rotations, chunk_len=chunk_len),
+        }
         for name, seconds in interleaved(steps, repeats).items():
             times[name].append(statistics.median(seconds))
     return times
-

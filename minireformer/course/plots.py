@@ -3,9 +3,8 @@
 Every function takes data (measured numbers, the intermediates of a computation, a few sizes) and returns a
 ``matplotlib.figure.Figure`` built without pyplot, so nothing global is touched: a lesson shows the
 returned figure, the figures command saves it, a test can inspect it. This module only draws: the data
-comes from the module that measures it (``bench``, ``complexity``, ``longseq``, ...), and
-``python -m minireformer figures`` (``__main__.FIGURES``) is the one place that joins the two. It imports
-only ``hashing`` (to shade the buckets of a picture) and ``measure`` (the slope in a legend).
+comes from the module that measures it (``course.lab``, ``measuring.complexity``, ``training.longseq``, ...), and
+``python -m minireformer figures`` (``__main__.figures``) is the one place that joins the two.
 """
 
 import math
@@ -44,12 +43,18 @@ def draw_hash_circle(ax, points, rotations, buckets, n_buckets):
     directions = torch.cat([rotations[0].T, -rotations[0].T])  # the b directions; bucket i is around row i
     for i, d in enumerate(directions):
         d = d / d.norm() * 1.18
-        ax.annotate("", xy=(d[0].item(), d[1].item()), xytext=(0, 0),
-                    arrowprops={"arrowstyle": "->", "color": colors[i], "lw": 1.5})
+        ax.annotate(
+            "",
+            xy=(d[0].item(), d[1].item()),
+            xytext=(0, 0),
+            arrowprops={"arrowstyle": "->", "color": colors[i], "lw": 1.5},
+        )
         ax.text(1.32 * d[0].item() / 1.18, 1.32 * d[1].item() / 1.18, str(i), ha="center", va="center", fontsize=9)
     t = torch.linspace(0, 2 * math.pi, 200)
     ax.plot(t.cos(), t.sin(), color="0.6", lw=0.8)
-    ax.scatter(points[:, 0], points[:, 1], c=[colors[b] for b in buckets.tolist()], s=28, edgecolors="k", lw=0.4, zorder=3)
+    ax.scatter(
+        points[:, 0], points[:, 1], c=[colors[b] for b in buckets.tolist()], s=28, edgecolors="k", lw=0.4, zorder=3
+    )
     ax.set_xlim(-1.45, 1.45)
     ax.set_ylim(-1.45, 1.45)
     ax.set_aspect("equal")
@@ -98,7 +103,12 @@ def plot_collision_curves(thetas, measured, *, exact=None, n_rounds=1):
     for label, p in (exact or {}).items():
         ax.plot(degrees, p, "k--", lw=1.2, label=label)
     rounds = "" if n_rounds == 1 else f" in at least one of {n_rounds} rounds"
-    ax.set(xlabel="angle between the two vectors (degrees)", ylabel=f"P(same bucket{rounds})", ylim=(0, 1.02), xlim=(0, 180))
+    ax.set(
+        xlabel="angle between the two vectors (degrees)",
+        ylabel=f"P(same bucket{rounds})",
+        ylim=(0, 1.02),
+        xlim=(0, 180),
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -131,8 +141,12 @@ def plot_rounds(thetas, measured, single):
         ax.plot(degrees, p, "o", ms=3, color=colors[2 * k], label=f"{n_rounds} round{'s' * (n_rounds > 1)}, measured")
         ax.plot(degrees, 1 - (1 - single) ** n_rounds, "-", lw=1, color=colors[2 * k])
     ax.plot([], [], "k-", lw=1, label="1 - (1 - p)^rounds")
-    ax.set(xlabel="angle between the two vectors (degrees)", ylabel="P(same bucket in at least one round)",
-           ylim=(0, 1.02), xlim=(0, 180))
+    ax.set(
+        xlabel="angle between the two vectors (degrees)",
+        ylabel="P(same bucket in at least one round)",
+        ylim=(0, 1.02),
+        xlim=(0, 180),
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -167,8 +181,13 @@ def plain_log_ticks(ax, xs=None):
 def _token_strip(ax, buckets, labels, n_buckets, chunk_len=None):
     from matplotlib.colors import ListedColormap
 
-    ax.imshow(buckets[None].numpy(), cmap=ListedColormap(bucket_colors(n_buckets)), vmin=-0.5,
-              vmax=n_buckets - 0.5, aspect="auto")
+    ax.imshow(
+        buckets[None].numpy(),
+        cmap=ListedColormap(bucket_colors(n_buckets)),
+        vmin=-0.5,
+        vmax=n_buckets - 0.5,
+        aspect="auto",
+    )
     for i, label in enumerate(labels):
         ax.text(i, 0, str(label), ha="center", va="center", fontsize=7)
     if chunk_len:
@@ -202,7 +221,8 @@ def plot_attention_maps(maps, *, chunk_len=None):
 
 
 def plot_lsh_stage(walk, stage):
-    """Figure: one stage of :func:`minireformer.lab.lsh_walkthrough` (a name in ``LSH_STAGES``), one row of panels per round."""
+    """Figure: one stage of :func:`minireformer.course.lab.lsh_walkthrough` (a name in ``LSH_STAGES``), one row of
+    panels per round."""
     if stage not in LSH_STAGES:
         raise ValueError(f"stage must be one of {LSH_STAGES}, got {stage!r}")
     n_rounds, length = walk["buckets"].shape
@@ -219,8 +239,13 @@ def plot_lsh_stage(walk, stage):
             _token_strip(ax, walk["buckets"][r], range(length), n_buckets)
             ax.set_title(f"round {r + 1}: tokens in their original order, coloured by bucket", fontsize=9)
         elif strip:
-            _token_strip(ax, walk["sorted_buckets"][r], walk["sorted_pos"][r].tolist(), n_buckets,
-                         chunk_len if stage == "chunk" else None)
+            _token_strip(
+                ax,
+                walk["sorted_buckets"][r],
+                walk["sorted_pos"][r].tolist(),
+                n_buckets,
+                chunk_len if stage == "chunk" else None,
+            )
             what = "sorted by (bucket, position)" if stage == "sort" else f"cut into chunks of {chunk_len}"
             ax.set_title(f"round {r + 1}: {what} (numbers: original positions)", fontsize=9)
         elif stage == "mask":
@@ -228,8 +253,13 @@ def plot_lsh_stage(walk, stage):
             ax.set_title(f"round {r + 1}: permitted pairs (dark), sorted order", fontsize=9)
         else:
             sorted_ = stage == "attend"
-            image = _matrix(ax, walk["attention_sorted" if sorted_ else "attention_rounds"][r], chunk_len if sorted_ else None,
-                            vmax=1, order="sorted slot" if sorted_ else "position")
+            image = _matrix(
+                ax,
+                walk["attention_sorted" if sorted_ else "attention_rounds"][r],
+                chunk_len if sorted_ else None,
+                vmax=1,
+                order="sorted slot" if sorted_ else "position",
+            )
             ax.set_title(f"round {r + 1}: attention ({'sorted' if sorted_ else 'original'} order)", fontsize=9)
     if stage in ("attend", "unsort"):
         fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
@@ -237,7 +267,7 @@ def plot_lsh_stage(walk, stage):
 
 
 def plot_causal_mask(walk, round_index=0):
-    """Figure: one round's permitted pairs of a causal :func:`~minireformer.lab.lsh_walkthrough`, in sorted order
+    """Figure: one round's permitted pairs of a causal :func:`~minireformer.course.lab.lsh_walkthrough`, in sorted order
     and back in original order, where the causal mask (on original positions) keeps them below the diagonal."""
     allowed, undo = walk["allowed_sorted"][round_index].double(), walk["undo"][round_index]
     fig = Figure(figsize=(9.6, 4.6), layout="constrained")
@@ -268,13 +298,14 @@ def plot_recall(rounds, recall):
 # ---- lessons 03 and 04: reversible layers and the chunked feed-forward, measured ----------------------------------
 def plot_memory_vs_depth(depths, measured):
     """Figure: measured bytes against the number of blocks, ordinary vs reversible (one panel per measure); measured:
-    ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as :func:`minireformer.lab.depth_memory_experiment`."""
+    ``{"saved": {label: [bytes per depth]}, "peak": {...}}``, as
+    :func:`minireformer.course.lab.depth_memory_experiment`."""
     titles = {"saved": "activations saved for backward", "peak": "peak memory of a training step"}
     fig = Figure(figsize=(9.6, 3.9), layout="constrained")
     axes = fig.subplots(1, len(measured))
     for ax, (kind, series) in zip(axes, measured.items()):
         for label, values in series.items():
-            ax.plot(depths, [v / 2 ** 20 for v in values], "o-", label=label)
+            ax.plot(depths, [v / 2**20 for v in values], "o-", label=label)
         ax.set(xlabel="number of blocks", ylabel="MiB", title=titles.get(kind, kind), xticks=depths, ylim=(0, None))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -290,8 +321,9 @@ def plot_reconstruction_drift(depths, error, bound=None):
         (line,) = ax.plot(depths, values, "o-", label=f"{label}, measured")
         if bound and label in bound:
             ax.plot(depths, bound[label], "--", color=line.get_color(), label=f"{label}, bound 2 n ε max|y|")
-    ax.set(xlabel="number of blocks run forward and inverted", ylabel="max |x - rebuilt x|", yscale="log",
-           xticks=depths)
+    ax.set(
+        xlabel="number of blocks run forward and inverted", ylabel="max |x - rebuilt x|", yscale="log", xticks=depths
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -303,8 +335,13 @@ def plot_step_time_vs_depth(depths, times, machine=""):
     ax = fig.add_subplot()
     for label, values in times.items():
         ax.plot(depths, [1e3 * t for t in values], "o-", label=label)
-    ax.set(xlabel="number of blocks", ylabel="ms per training step", xticks=depths, ylim=(0, None),
-           title=f"measured{' on ' + machine if machine else ''}")
+    ax.set(
+        xlabel="number of blocks",
+        ylabel="ms per training step",
+        xticks=depths,
+        ylim=(0, None),
+        title=f"measured{' on ' + machine if machine else ''}",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -317,9 +354,9 @@ def plot_chunk_memory(n_chunks, peaks, d_ff=None):
     fig = Figure(figsize=(6.4, 4), layout="constrained")
     ax = fig.add_subplot()
     first = next(iter(peaks.values()))[0]
-    ax.plot(n_chunks, [first / n / 2 ** 20 for n in n_chunks], ":", color="0.4", label="unchunked peak / chunks")
+    ax.plot(n_chunks, [first / n / 2**20 for n in n_chunks], ":", color="0.4", label="unchunked peak / chunks")
     for label, values in peaks.items():
-        ax.plot(n_chunks, [v / 2 ** 20 for v in values], "o-", label=label)
+        ax.plot(n_chunks, [v / 2**20 for v in values], "o-", label=label)
     title = "feed-forward, forward + backward" + (f" (d_ff = {d_ff})" if d_ff else "")
     ax.set(xlabel="number of chunks", ylabel="peak MiB", xscale="log", ylim=(0, None), title=title)
     plain_log_ticks(ax, n_chunks)
@@ -331,14 +368,18 @@ def plot_chunk_memory(n_chunks, peaks, d_ff=None):
 # ---- lesson 07: long sequences: learning curves, Figure 3, memory and speed vs length ----------------------------
 def plot_learning_curves(curves, *, title="held-out bits per byte"):
     """Figure: held-out bits per byte against training steps, one line per model; ``curves`` as returned by
-    :func:`minireformer.longseq.learning_curves` (``{name: {"step": [...], "bits_per_byte": [...]}}``)."""
+    :func:`minireformer.training.longseq.learning_curves` (``{name: {"step": [...], "bits_per_byte": [...]}}``)."""
     fig = Figure(figsize=(6.4, 4), layout="constrained")
     ax = fig.add_subplot()
     for name, c in curves.items():
         ax.plot(c["step"], c["bits_per_byte"], "o-", ms=3, label=f"{name} ({c['bits_per_byte'][-1]:.2f})")
     ends = [c["bits_per_byte"][-1] for c in curves.values()]
-    ax.set(xlabel="training step", ylabel="bits per byte (held out)", title=title,
-           ylim=(min(ends) - 0.5, max(c["bits_per_byte"][0] for c in curves.values()) + 0.2))
+    ax.set(
+        xlabel="training step",
+        ylabel="bits per byte (held out)",
+        title=title,
+        ylim=(min(ends) - 0.5, max(c["bits_per_byte"][0] for c in curves.values()) + 0.2),
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -347,19 +388,25 @@ def plot_learning_curves(curves, *, title="held-out bits per byte"):
 def plot_figure3(runs, baseline="Transformer", shared="shared-QK Transformer", reversible="reversible Transformer"):
     """The paper's Figure 3 at our scale: shared-QK vs separate Q/K (left), reversible vs ordinary residuals
     (right), each against the same ``baseline``, zoomed in on the second half of training. ``runs``: one
-    :func:`minireformer.longseq.learning_curves` result per seed; a line is the mean, its band the range."""
+    :func:`minireformer.training.longseq.learning_curves` result per seed; a line is the mean, its band the range."""
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     steps = runs[0][baseline]["step"]
     late = [j for j, step in enumerate(steps) if step >= steps[len(steps) // 2]]
-    for ax, other, title in zip(fig.subplots(1, 2), (shared, reversible), ("shared-QK vs separate Q and K",
-                                                                        "reversible vs ordinary residuals")):
+    for ax, other, title in zip(
+        fig.subplots(1, 2), (shared, reversible), ("shared-QK vs separate Q and K", "reversible vs ordinary residuals")
+    ):
         pair = {name: torch.tensor([run[name]["bits_per_byte"] for run in runs]) for name in (baseline, other)}
         for i, (name, bits) in enumerate(pair.items()):
             ax.fill_between(steps, bits.amin(0).numpy(), bits.amax(0).numpy(), color=f"C{i}", alpha=0.25, lw=0)
             ax.plot(steps, bits.mean(0).numpy(), "o-", ms=3, color=f"C{i}", label=f"{name} ({bits[:, -1].mean():.2f})")
         shown = torch.cat([bits[:, late] for bits in pair.values()])
-        ax.set(xlim=(steps[late[0]], None), ylim=(shown.min() - 0.05, shown.max() + 0.05), xlabel="training step",
-               ylabel="bits per byte (held out)", title=f"{title}: mean and range of {len(runs)} seeds")
+        ax.set(
+            xlim=(steps[late[0]], None),
+            ylim=(shown.min() - 0.05, shown.max() + 0.05),
+            xlabel="training step",
+            ylabel="bits per byte (held out)",
+            title=f"{title}: mean and range of {len(runs)} seeds",
+        )
         ax.grid(alpha=0.3)
         ax.legend()
     return fig
@@ -367,7 +414,7 @@ def plot_figure3(runs, baseline="Transformer", shared="shared-QK Transformer", r
 
 def plot_length_sweep(rows, *, memory_budget=None):
     """Figure: peak memory (left, log-log) and tokens/s (right) of one training step against the sequence
-    length; ``rows`` from :func:`minireformer.longseq.length_sweep`. Steps that ran out of memory or were
+    length; ``rows`` from :func:`minireformer.training.longseq.length_sweep`. Steps that ran out of memory or were
     skipped are drawn hollow at their extrapolated need; the budget is a dashed line."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -383,20 +430,38 @@ def plot_length_sweep(rows, *, memory_budget=None):
     for i, name in enumerate(names):
         color = f"C{i}"
         if name in memory:
-            left.plot(memory[name][0], [v / 2 ** 20 for v in memory[name][1]], "o-", color=color, label=name)
-        missing = [(r["seq_len"], r["estimated_bytes"]) for r in rows
-                   if r["model"] == name and r["status"] != "ok" and r["estimated_bytes"]]
+            left.plot(memory[name][0], [v / 2**20 for v in memory[name][1]], "o-", color=color, label=name)
+        missing = [
+            (r["seq_len"], r["estimated_bytes"])
+            for r in rows
+            if r["model"] == name and r["status"] != "ok" and r["estimated_bytes"]
+        ]
         if missing:
-            left.plot(*zip(*[(n, b / 2 ** 20) for n, b in missing]), "o--", color=color, mfc="none",
-                      label=f"{name}: did not run (extrapolated)")
+            left.plot(
+                *zip(*[(n, b / 2**20) for n, b in missing]),
+                "o--",
+                color=color,
+                mfc="none",
+                label=f"{name}: did not run (extrapolated)",
+            )
         if name in speed and speed[name][1][0] is not None:
             right.plot(speed[name][0], speed[name][1], "o-", color=color, label=name)
     if memory_budget:
-        left.axhline(memory_budget / 2 ** 20, ls="--", color="0.3", label=f"budget {memory_budget / 2 ** 20:,.0f} MiB")
-    left.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="peak MiB of one training step",
-             title="memory (measured; hollow: extrapolated)")
-    right.set(xscale="log", xlabel="sequence length", ylabel="tokens per second", ylim=(0, None),
-              title="speed (batch fixed: flat = linear time)")
+        left.axhline(memory_budget / 2**20, ls="--", color="0.3", label=f"budget {memory_budget / 2**20:,.0f} MiB")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="sequence length",
+        ylabel="peak MiB of one training step",
+        title="memory (measured; hollow: extrapolated)",
+    )
+    right.set(
+        xscale="log",
+        xlabel="sequence length",
+        ylabel="tokens per second",
+        ylim=(0, None),
+        title="speed (batch fixed: flat = linear time)",
+    )
     for ax in (left, right):
         plain_log_ticks(ax, lengths)
         ax.grid(alpha=0.3)
@@ -415,11 +480,21 @@ def plot_duplication_batch(tokens, *, n_symbols=127):
     for row in range(n):
         for col in (0, length // 2):
             ax.text(col, row, "0", ha="center", va="center", color="white", fontsize=8, fontweight="bold")
-    ax.annotate("", xy=(length // 2 + 1, -0.7), xytext=(1, -0.7), annotation_clip=False,
-                arrowprops=dict(arrowstyle="->", color="C3", lw=1.5, connectionstyle="arc3,rad=-0.15"))
-    ax.set(xlabel="position", yticks=range(n), yticklabels=[f"sequence {i}" for i in range(n)],
-           title=f"0 w 0 w: the second w (positions {length // 2 + 1}..{length - 1}) copies the first, "
-                 f"{length // 2} positions back", ylim=(n - 0.5, -1.3))
+    ax.annotate(
+        "",
+        xy=(length // 2 + 1, -0.7),
+        xytext=(1, -0.7),
+        annotation_clip=False,
+        arrowprops=dict(arrowstyle="->", color="C3", lw=1.5, connectionstyle="arc3,rad=-0.15"),
+    )
+    ax.set(
+        xlabel="position",
+        yticks=range(n),
+        yticklabels=[f"sequence {i}" for i in range(n)],
+        title=f"0 w 0 w: the second w (positions {length // 2 + 1}..{length - 1}) copies the first, "
+        f"{length // 2} positions back",
+        ylim=(n - 0.5, -1.3),
+    )
     return fig
 
 
@@ -433,8 +508,12 @@ def plot_duplication_curves(curves):
         val = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "val"]
         ax.plot(*zip(*train), color=f"C{i}", lw=0.8, alpha=0.6)
         ax.plot(*zip(*val), "o-", color=f"C{i}", label=label)
-    ax.set(xlabel="step", ylabel="accuracy on the second half", ylim=(-0.02, 1.02),
-           title="training on 0w0w: chance for a while, then the copy is found")
+    ax.set(
+        xlabel="step",
+        ylabel="accuracy on the second half",
+        ylim=(-0.02, 1.02),
+        title="training on 0w0w: chance for a while, then the copy is found",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -468,33 +547,61 @@ def plot_table2(ours, paper):
         for i in range(len(rows)):
             for j in range(len(cols)):
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=9)
-        ax.set(xticks=range(len(cols)), xticklabels=[c.upper() for c in cols], yticks=range(len(rows)),
-               yticklabels=[r.upper() for r in rows], xlabel="evaluated with", title=f"{name}: accuracy %")
+        ax.set(
+            xticks=range(len(cols)),
+            xticklabels=[c.upper() for c in cols],
+            yticks=range(len(rows)),
+            yticklabels=[r.upper() for r in rows],
+            xlabel="evaluated with",
+            title=f"{name}: accuracy %",
+        )
         ax.set_ylabel("trained with" if k == 0 else "")
     return fig
 
 
 # ---- lessons 00 and 05: a plain Transformer measured, and the paper's Table 3 held against measurements -----------
-MODEL_COLORS = {"Transformer": "tab:red", "Reversible Transformer": "tab:orange",
-                "Chunked Reversible Transformer": "tab:olive", "LSH Transformer": "tab:blue", "Reformer": "tab:green"}
+MODEL_COLORS = {
+    "Transformer": "tab:red",
+    "Reversible Transformer": "tab:orange",
+    "Chunked Reversible Transformer": "tab:olive",
+    "LSH Transformer": "tab:blue",
+    "Reformer": "tab:green",
+}
+
+
 def plot_transformer_memory(data):
     """Figure: a plain Transformer's memory against length (one layer: grows as l²) and depth (grows as n_l)."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     lengths, mb = data["lengths"], 1e-6
-    left.loglog(lengths, [p * mb for p in data["peak"]], "o-", color=MODEL_COLORS["Transformer"],
-                label="measured: peak of forward + backward")
+    left.loglog(
+        lengths,
+        [p * mb for p in data["peak"]],
+        "o-",
+        color=MODEL_COLORS["Transformer"],
+        label="measured: peak of forward + backward",
+    )
     left.loglog(lengths, [s * mb for s in data["scores"]], "k--", label="one $b \\cdot n_h \\cdot l^2$ scores tensor")
     left.set(xlabel="sequence length l", ylabel="MB", title="one layer: memory grows as $l^2$")
     plain_log_ticks(left, lengths)
     left.legend(fontsize=8)
     depths = data["depths"]
-    right.plot(depths, [s * mb for s in data["saved"]], "o-", color=MODEL_COLORS["Transformer"],
-               label="measured: kept for backward")
+    right.plot(
+        depths,
+        [s * mb for s in data["saved"]],
+        "o-",
+        color=MODEL_COLORS["Transformer"],
+        label="measured: kept for backward",
+    )
     per_layer = data["saved"][0] / depths[0]
     right.plot(depths, [per_layer * n * mb for n in depths], "k--", label="one layer's worth x $n_l$")
-    right.set(xlabel="layers $n_l$", ylabel="MB", xticks=depths, ylim=(0, None),
-              title=f"l = {data['length']}: activations grow with depth")
+    right.set(
+        xlabel="layers $n_l$",
+        ylabel="MB",
+        xticks=depths,
+        ylim=(0, None),
+        title=f"l = {data['length']}: activations grow with depth",
+    )
     right.legend(fontsize=8)
     left.grid(alpha=0.3), right.grid(alpha=0.3)
     return fig
@@ -512,40 +619,59 @@ def tensor_kind(shape, length, d_ff):
 
 def plot_saved_tensors(tensors, *, d_model=64, d_ff=256, n_h=4, top=10):
     """Figure: the largest tensors one Transformer layer keeps for backward, one panel per length
-    (``tensors`` from :func:`minireformer.complexity.saved_tensor_experiment`), coloured by the table term they belong to."""
-    colors = {"attention: l x l": MODEL_COLORS["Transformer"], "feed-forward: d_ff wide": "tab:purple",
-              "d_model wide, or smaller": "tab:gray"}
+    (``tensors`` from :func:`minireformer.measuring.complexity.saved_tensor_experiment`), coloured by the table
+    term they belong to."""
+    colors = {
+        "attention: l x l": MODEL_COLORS["Transformer"],
+        "feed-forward: d_ff wide": "tab:purple",
+        "d_model wide, or smaller": "tab:gray",
+    }
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, len(tensors), squeeze=False)[0]
     for ax, (length, found) in zip(axes, tensors.items()):
         shown = found[:top][::-1]
         kinds = [tensor_kind(t["shape"], length, d_ff) for t in shown]
         ax.barh(range(len(shown)), [t["bytes"] / 1e3 for t in shown], color=[colors[k] for k in kinds])
-        ax.set_yticks(range(len(shown)), [f"{t['op'].replace('Backward0', '')}.{t['name']} "
-                                          f"{list(t['shape'])}" for t in shown], fontsize=8)
+        ax.set_yticks(
+            range(len(shown)),
+            [f"{t['op'].replace('Backward0', '')}.{t['name']} {list(t['shape'])}" for t in shown],
+            fontsize=8,
+        )
         total = sum(t["bytes"] for t in found)
-        ax.set(xlabel="KB", title=f"l = {length}: {len(found)} tensors, {total / 1e3:.0f} KB in all\n"
-                                  f"l·d_ff = {length * d_ff:,} floats, n_h·l² = {n_h * length * length:,}")
+        ax.set(
+            xlabel="KB",
+            title=f"l = {length}: {len(found)} tensors, {total / 1e3:.0f} KB in all\n"
+            f"l·d_ff = {length * d_ff:,} floats, n_h·l² = {n_h * length * length:,}",
+        )
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3, axis="x")
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     fig.legend(handles, list(colors), loc="outside lower center", ncols=3, fontsize=8)
-    fig.suptitle(f"what one Transformer layer keeps for backward (d_model = {d_model}, d_ff = {d_ff}, "
-                 f"n_h = {n_h}, b = 1, largest {top})", fontsize=10)
+    fig.suptitle(
+        f"what one Transformer layer keeps for backward (d_model = {d_model}, d_ff = {d_ff}, "
+        f"n_h = {n_h}, b = 1, largest {top})",
+        fontsize=10,
+    )
     return fig
 
 
 def plot_complexity_scaling(sweeps, sizes):
     """Figure: measured peak memory of the table's rows against each swept variable, log-log, each line
     labelled with its fitted slope (the k of memory ~ x^k). ``sweeps`` from
-    :func:`minireformer.complexity.scaling_experiment`, ``sizes`` the fixed ones (``complexity.SCALING_SIZES``)."""
+    :func:`minireformer.measuring.complexity.scaling_experiment`, ``sizes`` the fixed ones
+    (``complexity.SCALING_SIZES``)."""
     labels = {"l": "sequence length l", "n_l": "layers $n_l$", "d_ff": "feed-forward width $d_{ff}$"}
     fig = Figure(figsize=(4.2 * len(sweeps), 4.2), layout="constrained")
     axes = fig.subplots(1, len(sweeps), squeeze=False)[0]
     for ax, (name, (values, measured)) in zip(axes, sweeps.items()):
         for model, peaks in measured.items():
-            ax.loglog(values, [p / 1e6 for p in peaks], "o-", color=MODEL_COLORS[model],
-                      label=f"{model}: slope {loglog_slope(values, peaks):.2f}")
+            ax.loglog(
+                values,
+                [p / 1e6 for p in peaks],
+                "o-",
+                color=MODEL_COLORS[model],
+                label=f"{model}: slope {loglog_slope(values, peaks):.2f}",
+            )
         plain_log_ticks(ax, values)
         fixed = ", ".join(f"{k}={sizes[k]}" for k in ("l", "n_l", "d_ff") if k != name)
         ax.set(xlabel=labels[name], ylabel="peak MB (forward + backward)", title=f"against {name} ({fixed})")
@@ -558,7 +684,8 @@ def plot_complexity_scaling(sweeps, sizes):
 # ---- lessons 02-03: benchmarks (python -m minireformer bench ... --figure PATH) ------------------------------
 def plot_bench_attention(rows, title=None):
     """Figure 5 of the paper, measured: time per step (left) and peak extra memory (right) against L, at a
-    fixed number of tokens per step, one line per attention. rows: from ``minireformer.bench.bench_attention``."""
+    fixed number of tokens per step, one line per attention. rows: from
+    ``minireformer.measuring.bench.bench_attention``."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -582,7 +709,7 @@ def plot_bench_attention(rows, title=None):
 
 def plot_bench_reversible(rows, title=None):
     """Step time (left) and peak memory (right) against the number of blocks, one line per configuration.
-    rows: from ``minireformer.bench.bench_reversible``."""
+    rows: from ``minireformer.measuring.bench.bench_reversible``."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     for model in dict.fromkeys(r["model"] for r in rows):

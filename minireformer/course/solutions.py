@@ -10,8 +10,17 @@ from ..chunking import chunked_feed_forward
 from ..hashing import hash_vectors
 from ..lsh import attend, chunk_mask, combine_rounds, look_back_chunks, lsh_attention, sort_by_bucket
 
-__all__ = ["hash_vectors", "sort_by_bucket", "look_back_chunks", "chunk_mask", "attend", "combine_rounds",
-           "lsh_attention", "rev_inverse", "chunked_feed_forward"]
+__all__ = [
+    "hash_vectors",
+    "sort_by_bucket",
+    "look_back_chunks",
+    "chunk_mask",
+    "attend",
+    "combine_rounds",
+    "lsh_attention",
+    "rev_inverse",
+    "chunked_feed_forward",
+]
 
 
 def rev_inverse(f, g, y1, y2):

@@ -61,17 +61,26 @@ def hash_picture(view="circle", n_points=40, n_buckets=4, seed=0, angle=0.0, ran
     if view not in ("circle", "sphere"):
         raise ValueError(f"view must be 'circle' or 'sphere', got {view!r}")
     planar = view == "circle" and not random_rotation
-    data = hash_points(n_points, n_buckets, dim=2 if view == "circle" else 3, seed=seed,
-                       angle=math.radians(angle) if planar else None, rotation_seed=rotation_seed)
+    data = hash_points(
+        n_points,
+        n_buckets,
+        dim=2 if view == "circle" else 3,
+        seed=seed,
+        angle=math.radians(angle) if planar else None,
+        rotation_seed=rotation_seed,
+    )
     fig = Figure(figsize=(5, 5), layout="constrained")
     if view == "circle":
         draw_hash_circle(fig.add_subplot(), data["points"], data["rotations"], data["buckets"], n_buckets)
     else:
-        draw_hash_sphere(fig.add_subplot(projection="3d"), data["points"], data["rotations"], data["buckets"], n_buckets)
+        draw_hash_sphere(
+            fig.add_subplot(projection="3d"), data["points"], data["rotations"], data["buckets"], n_buckets
+        )
     sizes = Counter(data["buckets"].tolist())
     rotation = f"rotation {angle:.0f}°" if planar else f"random rotation #{rotation_seed}"
-    summary = (f"{n_points} points, {n_buckets} buckets, {rotation}: bucket sizes "
-               + ", ".join(f"{b}: {sizes.get(b, 0)}" for b in range(n_buckets)))
+    summary = f"{n_points} points, {n_buckets} buckets, {rotation}: bucket sizes " + ", ".join(
+        f"{b}: {sizes.get(b, 0)}" for b in range(n_buckets)
+    )
     return fig, data["buckets"], summary
 
 
@@ -83,14 +92,17 @@ class HashRotationWidget(FigureWidget):
         self.rotation_seed = 0
         button = widgets.Button(description="new random rotation", icon="refresh")
         button.on_click(lambda _: self.new_rotation())
-        super().__init__({
-            "view": widgets.ToggleButtons(options=["circle", "sphere"], description="view", style=style),
-            "n_buckets": widgets.IntSlider(n_buckets, min=2, max=16, step=2, description="n_buckets", style=style),
-            "n_points": widgets.IntSlider(n_points, min=4, max=400, step=4, description="points", style=style),
-            "seed": widgets.IntText(seed, description="points seed", style=style),
-            "angle": widgets.FloatSlider(0.0, min=0.0, max=360.0, step=5.0, description="angle (°)", style=style),
-            "random_rotation": widgets.Checkbox(False, description="Gaussian R instead of an angle", indent=False),
-        }, extra=[button])
+        super().__init__(
+            {
+                "view": widgets.ToggleButtons(options=["circle", "sphere"], description="view", style=style),
+                "n_buckets": widgets.IntSlider(n_buckets, min=2, max=16, step=2, description="n_buckets", style=style),
+                "n_points": widgets.IntSlider(n_points, min=4, max=400, step=4, description="points", style=style),
+                "seed": widgets.IntText(seed, description="points seed", style=style),
+                "angle": widgets.FloatSlider(0.0, min=0.0, max=360.0, step=5.0, description="angle (°)", style=style),
+                "random_rotation": widgets.Checkbox(False, description="Gaussian R instead of an angle", indent=False),
+            },
+            extra=[button],
+        )
 
     def draw(self, **values):
         figure, self.buckets, summary = hash_picture(**values, rotation_seed=self.rotation_seed)
@@ -126,16 +138,18 @@ class LSHStepWidget(FigureWidget):
 
     def __init__(self, n_rounds=2, seed=0):
         style = {"description_width": "80px"}
-        stage = widgets.IntSlider(0, min=0, max=len(LSH_STAGES) - 1, description="stage", style=style,
-                                  readout=False)
+        stage = widgets.IntSlider(0, min=0, max=len(LSH_STAGES) - 1, description="stage", style=style, readout=False)
         play = widgets.Play(min=0, max=len(LSH_STAGES) - 1, interval=1500, description="play the stages")
         widgets.jslink((play, "value"), (stage, "value"))
-        super().__init__({
-            "stage": stage,
-            "n_rounds": widgets.IntSlider(n_rounds, min=1, max=4, description="n_rounds", style=style),
-            "causal": widgets.Checkbox(False, description="causal mask", indent=False),
-            "seed": widgets.IntText(seed, description="seed", style=style),
-        }, extra=[play])
+        super().__init__(
+            {
+                "stage": stage,
+                "n_rounds": widgets.IntSlider(n_rounds, min=1, max=4, description="n_rounds", style=style),
+                "causal": widgets.Checkbox(False, description="causal mask", indent=False),
+                "seed": widgets.IntText(seed, description="seed", style=style),
+            },
+            extra=[play],
+        )
 
     def draw(self, **values):
         return lsh_stage_picture(**values)

@@ -60,53 +60,93 @@ def config_from_huggingface(hf_config):
     n_buckets, factors = c.num_buckets, None
     if "lsh" in kinds:
         if n_buckets is None:
-            raise ValueError("config.num_buckets must be set (an even int or a list [n_1, n_2]): HF picks it in the "
-                             "first forward pass from that pass's length, which a converted model cannot know")
+            raise ValueError(
+                "config.num_buckets must be set (an even int or a list [n_1, n_2]): HF picks it in the "
+                "first forward pass from that pass's length, which a converted model cannot know"
+            )
         if c.lsh_num_chunks_after:
-            raise ValueError(f"config.lsh_num_chunks_after must be 0 (our LSH windows only look back), "
-                             f"got {c.lsh_num_chunks_after}")
+            raise ValueError(
+                f"config.lsh_num_chunks_after must be 0 (our LSH windows only look back), got {c.lsh_num_chunks_after}"
+            )
         if isinstance(n_buckets, (list, tuple)):
             n_buckets, factors = None, tuple(n_buckets)
     if c.hidden_act not in ACTIVATIONS:
         raise ValueError(f"config.hidden_act must be one of {sorted(ACTIVATIONS)}, got {c.hidden_act!r}")
-    chunks = {kind: check_int(f"config.{kind}_attn_chunk_length", getattr(c, f"{kind}_attn_chunk_length"))
-              for kind in set(kinds)}
+    chunks = {
+        kind: check_int(f"config.{kind}_attn_chunk_length", getattr(c, f"{kind}_attn_chunk_length"))
+        for kind in set(kinds)
+    }
     for kind in set(kinds):  # a wider window than 2 chunks: with fewer chunks than it spans HF takes keys twice
         before, after = getattr(c, f"{kind}_num_chunks_before"), getattr(c, f"{kind}_num_chunks_after")
-        if check_int(f"config.{kind}_num_chunks_before", before, least=0) + \
-                check_int(f"config.{kind}_num_chunks_after", after, least=0) > 1:
-            raise ValueError(f"config.{kind}_num_chunks_before + {kind}_num_chunks_after must be at most 1 (as in "
-                             f"both published models), got {before} + {after}: with fewer chunks than a wider window "
-                             f"spans, HF attends some keys twice and we attend each once, so the two would differ")
+        if (
+            check_int(f"config.{kind}_num_chunks_before", before, least=0)
+            + check_int(f"config.{kind}_num_chunks_after", after, least=0)
+            > 1
+        ):
+            raise ValueError(
+                f"config.{kind}_num_chunks_before + {kind}_num_chunks_after must be at most 1 (as in "
+                f"both published models), got {before} + {after}: with fewer chunks than a wider window "
+                f"spans, HF attends some keys twice and we attend each once, so the two would differ"
+            )
     max_len, axial = c.max_position_embeddings, {}
     if c.axial_pos_embds:
         if len(c.axial_pos_shape) != 2 or len(c.axial_pos_embds_dim) != 2:
-            raise ValueError(f"config.axial_pos_shape and axial_pos_embds_dim must have two entries each (rows, "
-                             f"columns), got {c.axial_pos_shape} and {c.axial_pos_embds_dim}")
+            raise ValueError(
+                f"config.axial_pos_shape and axial_pos_embds_dim must have two entries each (rows, "
+                f"columns), got {c.axial_pos_shape} and {c.axial_pos_embds_dim}"
+            )
         axial = dict(axial_shape=tuple(c.axial_pos_shape), axial_dims=tuple(c.axial_pos_embds_dim))
         max_len = min(max_len, math.prod(c.axial_pos_shape))
     return PublishedConfig(
-        vocab_size=c.vocab_size, d_model=c.hidden_size, n_heads=c.num_attention_heads, d_head=c.attention_head_size,
-        d_ff=c.feed_forward_size, n_layers=len(kinds), max_len=max_len, layer_attention=kinds,
-        n_rounds=c.num_hashes, chunk_len=chunks.get("lsh", 64), n_buckets=n_buckets, bucket_factors=factors,
-        reversible=True, merge="concat", ff_chunk_size=c.chunk_size_feed_forward or None, causal=bool(c.is_decoder),
-        dropout=c.hidden_dropout_prob, conventions=HF, lsh_look_back=c.lsh_num_chunks_before, hash_seed=c.hash_seed,
-        local_options=dict(chunk_len=chunks.get("local", LOCAL_CHUNK_LEN), look_back=c.local_num_chunks_before,
-                           look_ahead=c.local_num_chunks_after),
-        pad_multiple=math.lcm(*(chunks[kind] for kind in set(kinds))), out_bias=False,
-        activation=c.hidden_act, norm_eps=c.layer_norm_eps, **axial)
+        vocab_size=c.vocab_size,
+        d_model=c.hidden_size,
+        n_heads=c.num_attention_heads,
+        d_head=c.attention_head_size,
+        d_ff=c.feed_forward_size,
+        n_layers=len(kinds),
+        max_len=max_len,
+        layer_attention=kinds,
+        n_rounds=c.num_hashes,
+        chunk_len=chunks.get("lsh", 64),
+        n_buckets=n_buckets,
+        bucket_factors=factors,
+        reversible=True,
+        merge="concat",
+        ff_chunk_size=c.chunk_size_feed_forward or None,
+        causal=bool(c.is_decoder),
+        dropout=c.hidden_dropout_prob,
+        conventions=HF,
+        lsh_look_back=c.lsh_num_chunks_before,
+        hash_seed=c.hash_seed,
+        local_options=dict(
+            chunk_len=chunks.get("local", LOCAL_CHUNK_LEN),
+            look_back=c.local_num_chunks_before,
+            look_ahead=c.local_num_chunks_after,
+        ),
+        pad_multiple=math.lcm(*(chunks[kind] for kind in set(kinds))),
+        out_bias=False,
+        activation=c.hidden_act,
+        norm_eps=c.layer_norm_eps,
+        **axial,
+    )
 
 
 def weight_names(config):
     """``{our parameter name: HF's parameter name}`` for a model made by :func:`config_from_huggingface`."""
     hf_layer, names = "reformer.encoder.layers.{i}.", {"embed.weight": "reformer.embeddings.word_embeddings.weight"}
     if config.axial_shape:  # HF's [rows, 1, d_rows] and [1, cols, d_cols]: ours without the ones
-        names.update({"positions.rows": "reformer.embeddings.position_embeddings.weights.0",
-                      "positions.cols": "reformer.embeddings.position_embeddings.weights.1"})
+        names.update(
+            {
+                "positions.rows": "reformer.embeddings.position_embeddings.weights.0",
+                "positions.cols": "reformer.embeddings.position_embeddings.weights.1",
+            }
+        )
     else:
         names["positions.table"] = "reformer.embeddings.position_embeddings.embedding.weight"
-    projections = {"lsh": {"to_qk": "query_key", "to_v": "value"},
-                   "local": {"to_q": "query", "to_k": "key", "to_v": "value"}}
+    projections = {
+        "lsh": {"to_qk": "query_key", "to_v": "value"},
+        "local": {"to_q": "query", "to_k": "key", "to_v": "value"},
+    }
     for i, kind in enumerate(config.kinds()):
         ours, hf = f"layers.blocks.{i}.", hf_layer.format(i=i)
         for part in ("weight", "bias"):
@@ -131,11 +171,14 @@ def load_weights(model, hf_state):
         raise ValueError(f"the weight map does not cover the model: {sorted(set(names) ^ set(ours))}")
     with torch.no_grad():
         for mine, theirs in names.items():
-            if theirs not in hf_state or [n for n in hf_state[theirs].shape if n != 1] != \
-                    [n for n in ours[mine].shape if n != 1]:
+            if theirs not in hf_state or [n for n in hf_state[theirs].shape if n != 1] != [
+                n for n in ours[mine].shape if n != 1
+            ]:
                 got = tuple(hf_state[theirs].shape) if theirs in hf_state else "nothing"
-                raise ValueError(f"HF's {theirs} must have shape {tuple(ours[mine].shape)} (up to sizes of 1) for our "
-                                 f"{mine}, got {got}")
+                raise ValueError(
+                    f"HF's {theirs} must have shape {tuple(ours[mine].shape)} (up to sizes of 1) for our "
+                    f"{mine}, got {got}"
+                )
             ours[mine].copy_(hf_state[theirs].reshape(ours[mine].shape))
     return model
 
@@ -147,8 +190,10 @@ def from_huggingface(hf_model):
     dtype, in eval mode. Nothing is downloaded here: load the HF model first (``from_pretrained``)."""
     classes = hf_classes()
     if not isinstance(hf_model, classes):
-        raise TypeError(f"hf_model must be a transformers ReformerModelWithLMHead or ReformerForMaskedLM, "
-                        f"got {type(hf_model).__name__}")
+        raise TypeError(
+            f"hf_model must be a transformers ReformerModelWithLMHead or ReformerForMaskedLM, "
+            f"got {type(hf_model).__name__}"
+        )
     parameter = next(hf_model.parameters())
     model = PublishedReformerLM(config_from_huggingface(hf_model.config))
     load_weights(model, hf_model.state_dict())
@@ -159,21 +204,39 @@ def from_huggingface(hf_model):
 # Their config.json on the Hub, as HF ReformerConfig keywords (hf/published/*.json: crime-and-punishment has 6 layers
 # and a sentencepiece vocabulary of 320; enwik8 12 layers, three of them LSH, and bytes + 2), written from PaddleNLP's
 # port of them (paddlenlp/transformers/reformer/configuration.py), since the machine this was written on cannot reach
-# the Hub. Options not listed are HF's defaults, the same values. from_huggingface reads a downloaded model's own config.
-PUBLISHED = {f"google/{path.stem.split('--')[1]}": json.loads(path.read_text())
-             for path in sorted((Path(__file__).parent / "published").glob("*.json"))}
+# the Hub. Options not listed are HF's defaults, the same values. from_huggingface reads a downloaded model's own
+# config.
+PUBLISHED = {
+    f"google/{path.stem.split('--')[1]}": json.loads(path.read_text())
+    for path in sorted((Path(__file__).parent / "published").glob("*.json"))
+}
 # Shrunk so that a model runs in milliseconds, keeping what makes each one what it is: the layer pattern, the
 # heads' width against d_model (2 x 8 = 16 of 32, as 2 x 64 = 128 of 256; 4 x 8 = 32, as 8 x 128 = 1024), the
 # uneven axial widths (1:3), the chunk lengths' ratio, factorized or plain buckets, the number of hash rounds.
 SMALL = {
     "google/reformer-crime-and-punishment": dict(
-        hidden_size=32, attention_head_size=8, feed_forward_size=64, axial_pos_shape=[8, 16],
-        axial_pos_embds_dim=[8, 24], max_position_embeddings=128, lsh_attn_chunk_length=8, local_attn_chunk_length=8,
-        num_buckets=[4, 8]),
+        hidden_size=32,
+        attention_head_size=8,
+        feed_forward_size=64,
+        axial_pos_shape=[8, 16],
+        axial_pos_embds_dim=[8, 24],
+        max_position_embeddings=128,
+        lsh_attn_chunk_length=8,
+        local_attn_chunk_length=8,
+        num_buckets=[4, 8],
+    ),
     "google/reformer-enwik8": dict(
-        hidden_size=32, num_attention_heads=4, attention_head_size=8, feed_forward_size=64, axial_pos_shape=[8, 32],
-        axial_pos_embds_dim=[8, 24], max_position_embeddings=256, lsh_attn_chunk_length=16, local_attn_chunk_length=8,
-        num_buckets=8),
+        hidden_size=32,
+        num_attention_heads=4,
+        attention_head_size=8,
+        feed_forward_size=64,
+        axial_pos_shape=[8, 32],
+        axial_pos_embds_dim=[8, 24],
+        max_position_embeddings=256,
+        lsh_attn_chunk_length=16,
+        local_attn_chunk_length=8,
+        num_buckets=8,
+    ),
 }
 
 
@@ -187,8 +250,9 @@ def random_hf_model(name, *, small=True, causal=True, hash_seed=17, seed=0, **op
 
     keywords = {**PUBLISHED[name], **(SMALL[name] if small else {}), **options}
     torch.manual_seed(seed)  # HF draws its initial weights from the global RNG; they are all replaced below
-    model = (model_class if causal else masked_class)(HFConfig(**dict(keywords, is_decoder=causal,
-                                                                       hash_seed=hash_seed))).eval()
+    model = (model_class if causal else masked_class)(
+        HFConfig(**dict(keywords, is_decoder=causal, hash_seed=hash_seed))
+    ).eval()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for key, p in model.named_parameters():
@@ -247,17 +311,21 @@ def largest_gap(hf_model, ours, lengths, *, batch=2, seed=0):
     """The largest ``|logit difference|`` between ``hf_model`` and ``ours`` over random token batches of ``lengths``."""
     device, gaps = next(ours.parameters()).device, []
     for length in lengths:
-        tokens = torch.randint(0, hf_model.config.vocab_size, (batch, length),
-                               generator=torch.Generator().manual_seed(seed + length)).to(device)
+        tokens = torch.randint(
+            0, hf_model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed + length)
+        ).to(device)
         gaps.append((hf_model(tokens).logits - ours(tokens)).abs().max().item())
     return max(gaps)
 
 
 # (model, shrunk, causal): both published shapes, and crime-and-punishment at its real widths
-AGREEMENT_CASES = [("google/reformer-crime-and-punishment", True, True),
-                   ("google/reformer-crime-and-punishment", True, False),
-                   ("google/reformer-crime-and-punishment", False, True),
-                   ("google/reformer-enwik8", True, True), ("google/reformer-enwik8", True, False)]
+AGREEMENT_CASES = [
+    ("google/reformer-crime-and-punishment", True, True),
+    ("google/reformer-crime-and-punishment", True, False),
+    ("google/reformer-crime-and-punishment", False, True),
+    ("google/reformer-enwik8", True, True),
+    ("google/reformer-enwik8", True, False),
+]
 
 
 def agreement_table(device="cpu", cases=AGREEMENT_CASES):
@@ -269,14 +337,25 @@ def agreement_table(device="cpu", cases=AGREEMENT_CASES):
         for dtype in (torch.float32, torch.float64):
             hf_model = random_hf_model(name, small=small, causal=causal).to(device, dtype)
             gap = largest_gap(hf_model, from_huggingface(hf_model), (64, 57, 6) if small else (100,))
-            rows.append([name.split("/")[1], "small" if small else "full width",
-                         "causal" if causal else "bidirectional", str(dtype).removeprefix("torch."), gap])
+            rows.append(
+                [
+                    name.split("/")[1],
+                    "small" if small else "full width",
+                    "causal" if causal else "bidirectional",
+                    str(dtype).removeprefix("torch."),
+                    gap,
+                ]
+            )
     return rows
 
 
 def add_arguments(parser):
-    parser.add_argument("--published", metavar="NAME", help="also compare on Google's trained weights: a Hub id "
-                        "(google/reformer-crime-and-punishment, google/reformer-enwik8) or a save_pretrained folder")
+    parser.add_argument(
+        "--published",
+        metavar="NAME",
+        help="also compare on Google's trained weights: a Hub id "
+        "(google/reformer-crime-and-punishment, google/reformer-enwik8) or a save_pretrained folder",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 1000], help="with --published: sequence lengths")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, ...")
     return parser
@@ -299,8 +378,9 @@ def from_args(args, parser):
             trained = seed_hashing(copy.deepcopy(hf_model)).to(device, dtype)
             gap = largest_gap(trained, from_huggingface(trained), args.lengths, batch=1)
             rows.append([args.published.split("/")[-1], "trained", "causal", str(dtype).removeprefix("torch."), gap])
-    print(f"HF transformers' Reformer against ReformerLM converted from it (random weights unless 'trained'), "
-          f"{machine()}")
+    print(
+        f"HF transformers' Reformer against ReformerLM converted from it (random weights unless 'trained'), {machine()}"
+    )
     print(format_table(header, [row[:-1] + [f"{row[-1]:.1e}"] for row in rows], align="<<<<>"))
 
 
@@ -308,15 +388,20 @@ def changed_options(config):
     """``[(option, the course's default, this model's value)]`` for each option of our ``config`` that differs from
     its default, the course's model (the options a converted model sets)."""
     defaults = PublishedConfig(vocab_size=config.vocab_size)
-    return [(f.name, getattr(defaults, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(defaults, f.name)]
+    return [
+        (f.name, getattr(defaults, f.name), getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(defaults, f.name)
+    ]
 
 
 # ---- Google's trained weights: from a local copy, or downloaded where the Hub answers --------------------------
-HOW_TO_RUN = ("Google's trained model is neither in HF's cache here nor downloadable (no connection to "
-              "huggingface.co). On a machine with internet access this cell downloads it (10.5 MiB of weights); "
-              "or copy a folder saved with model.save_pretrained(folder) here and pass its path instead of the "
-              "model's name.")
+HOW_TO_RUN = (
+    "Google's trained model is neither in HF's cache here nor downloadable (no connection to "
+    "huggingface.co). On a machine with internet access this cell downloads it (10.5 MiB of weights); "
+    "or copy a folder saved with model.save_pretrained(folder) here and pass its path instead of the "
+    "model's name."
+)
 
 
 def hub_reachable(host="huggingface.co", timeout=3.0):
@@ -353,8 +438,9 @@ def _tokenizer(name):
         return AutoTokenizer.from_pretrained(name)
 
 
-def sample_published(name="google/reformer-crime-and-punishment", prompt="A few months later", n_new=100, *,
-                     temperature=0.7, seed=0):
+def sample_published(
+    name="google/reformer-crime-and-punishment", prompt="A few months later", n_new=100, *, temperature=0.7, seed=0
+):
     """Text that Google's trained model ``name`` writes after ``prompt``, sampled through the course's own
     :func:`~minireformer.model.generate` on the converted model: a dict with the
     ``text``, the ``tokens`` and ``prompt_gap``, the largest logit difference from HF's model on the prompt (shorter

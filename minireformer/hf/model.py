@@ -60,8 +60,10 @@ def hash_factorized(x, rotations, factors, hash_fn=hash_vectors):
     """
     check_bucket_factors(factors)
     if sum(factors) != 2 * rotations.shape[-1]:
-        raise ValueError(f"rotations must have sum(bucket_factors) / 2 = {sum(factors) // 2} columns for "
-                         f"bucket_factors {tuple(factors)}, got {rotations.shape[-1]}")
+        raise ValueError(
+            f"rotations must have sum(bucket_factors) / 2 = {sum(factors) // 2} columns for "
+            f"bucket_factors {tuple(factors)}, got {rotations.shape[-1]}"
+        )
     buckets, base, start = 0, 1, 0
     for n in factors:
         buckets = buckets + base * hash_fn(x, rotations[..., start : start + n // 2])
@@ -70,8 +72,9 @@ def hash_factorized(x, rotations, factors, hash_fn=hash_vectors):
 
 
 # ---- local attention ------------------------------------------------------------------------------------------------
-def local_attention(q, k, v, *, chunk_len, look_back=1, look_ahead=0, causal=False, pad_multiple=None,
-                    return_attention=False):
+def local_attention(
+    q, k, v, *, chunk_len, look_back=1, look_ahead=0, causal=False, pad_multiple=None, return_attention=False
+):
     """Attention within chunks of the original order: ``q, k, v [..., L, d]`` -> ``[..., L, d]``, no L x L tensor.
 
     The steps of LSH attention without the hash and the sort: pad to a multiple of ``chunk_len`` (or of
@@ -82,8 +85,9 @@ def local_attention(q, k, v, *, chunk_len, look_back=1, look_ahead=0, causal=Fal
     such keys twice). ``return_attention=True`` also returns the weights ``[..., L, L]``.
     """
     if not (q.shape == k.shape == v.shape) or q.dim() < 2:
-        raise ValueError(f"q, k and v must have the same shape [..., L, d], got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
+        raise ValueError(
+            f"q, k and v must have the same shape [..., L, d], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
     check_int("look_ahead", look_ahead, least=0)
     multiple = _check_pad_multiple(pad_multiple, chunk_len)
@@ -91,15 +95,17 @@ def local_attention(q, k, v, *, chunk_len, look_back=1, look_ahead=0, causal=Fal
     padded = -(-length // multiple) * multiple
     compute_dtype = torch.promote_types(dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
-        q, k, v = (split_chunks(F.pad(t.to(compute_dtype), (0, 0, 0, padded - length)), chunk_len, dim=-2)
-                   for t in (q, k, v))  # [..., n, c, d]
+        q, k, v = (
+            split_chunks(F.pad(t.to(compute_dtype), (0, 0, 0, padded - length)), chunk_len, dim=-2) for t in (q, k, v)
+        )  # [..., n, c, d]
         position = split_chunks(torch.arange(padded, device=q.device), chunk_len)  # [n, c]
         back = min(look_back, position.shape[0] - 1)
         ahead = min(look_ahead, position.shape[0] - 1 - back)
 
         def window(x, dim):  # [..., n, c(, d)] -> [..., n, w(, d)]: own chunk, look_back before, look_ahead after
-            return torch.cat([look_back_chunks(x, back, dim), *(x.roll(-s, dims=dim) for s in range(1, ahead + 1))],
-                             dim=dim + 1)
+            return torch.cat(
+                [look_back_chunks(x, back, dim), *(x.roll(-s, dims=dim) for s in range(1, ahead + 1))], dim=dim + 1
+            )
 
         k_pos = window(position, -2)  # [n, w]
         allowed = chunk_mask(position, k_pos, None, None, length=length, causal=causal, same_bucket_only=False)
@@ -138,12 +144,24 @@ class LocalSelfAttention(SelfAttention):
     positions in the original order, each seeing ``look_back`` chunks before it and ``look_ahead`` after it
     (HF's ``local_num_chunks_before`` / ``_after``); ``pad_multiple`` as in :func:`local_attention`."""
 
-    def __init__(self, d_model, n_heads, *, chunk_len=LOCAL_CHUNK_LEN, look_back=1, look_ahead=0, causal=False,
-                 dropout=0.0, pad_multiple=None):
+    def __init__(
+        self,
+        d_model,
+        n_heads,
+        *,
+        chunk_len=LOCAL_CHUNK_LEN,
+        look_back=1,
+        look_ahead=0,
+        causal=False,
+        dropout=0.0,
+        pad_multiple=None,
+    ):
         super().__init__(d_model, n_heads, dropout, shared_qk=False)
         check_int("chunk_len", chunk_len), check_int("look_back", look_back, least=0)
         if check_int("look_ahead", look_ahead, least=0) and causal:
-            raise ValueError(f"look_ahead must be 0 when causal=True (the chunks after are all masked), got {look_ahead}")
+            raise ValueError(
+                f"look_ahead must be 0 when causal=True (the chunks after are all masked), got {look_ahead}"
+            )
         self.chunk_len, self.look_back, self.look_ahead, self.causal = chunk_len, look_back, look_ahead, causal
         self.pad_multiple = pad_multiple
 
@@ -151,8 +169,17 @@ class LocalSelfAttention(SelfAttention):
         """The heads' output ``[B, h, L, d_head]`` (and with ``return_attention`` the weights ``[B, h, L, L]``)."""
         self.check(x)
         q, k, v = (self.heads(f(x)) for f in (self.to_q, self.to_k, self.to_v))  # [B, h, L, d_head]
-        return local_attention(q, k, v, chunk_len=self.chunk_len, look_back=self.look_back, look_ahead=self.look_ahead,
-                               causal=self.causal, pad_multiple=self.pad_multiple, return_attention=return_attention)
+        return local_attention(
+            q,
+            k,
+            v,
+            chunk_len=self.chunk_len,
+            look_back=self.look_back,
+            look_ahead=self.look_ahead,
+            causal=self.causal,
+            pad_multiple=self.pad_multiple,
+            return_attention=return_attention,
+        )
 
 
 class PublishedLSHSelfAttention(LSHSelfAttention):
@@ -169,21 +196,27 @@ class PublishedLSHSelfAttention(LSHSelfAttention):
         if hash_seed is not None:
             check_int("hash_seed", hash_seed, least=0)
         if self.attention_fn is not None and (bucket_factors or pad_multiple or hash_seed is not None):
-            raise ValueError("attention_fn is called with lsh_attention's defaults only: it cannot honour "
-                             "bucket_factors, pad_multiple or hash_seed")
+            raise ValueError(
+                "attention_fn is called with lsh_attention's defaults only: it cannot honour "
+                "bucket_factors, pad_multiple or hash_seed"
+            )
         self.bucket_factors, self.hash_seed = bucket_factors, hash_seed
         self.pad_multiple = _check_pad_multiple(pad_multiple, self.chunk_len)
 
     def draw_rotations(self, qk):
         if self.rotations is not None or (self.bucket_factors is None and self.hash_seed is None):
             return super().draw_rotations(qk)
-        columns = sum(self.bucket_factors) if self.bucket_factors else \
-            self.n_buckets or default_n_buckets(qk.shape[-2], self.chunk_len)
+        columns = (
+            sum(self.bucket_factors)
+            if self.bucket_factors
+            else self.n_buckets or default_n_buckets(qk.shape[-2], self.chunk_len)
+        )
         d = qk.shape[-1]
         if self.hash_seed is not None:  # as HF: manual_seed(hash_seed), then randn [heads, d, rounds, columns / 2]
             generator = torch.Generator(qk.device).manual_seed(self.hash_seed)
-            rotations = torch.randn(self.n_heads, d, self.n_rounds, columns // 2, generator=generator,
-                                    device=qk.device, dtype=qk.dtype)
+            rotations = torch.randn(
+                self.n_heads, d, self.n_rounds, columns // 2, generator=generator, device=qk.device, dtype=qk.dtype
+            )
             return rotations.permute(0, 2, 1, 3)  # [heads, rounds, d, columns / 2]
         heads = self.n_heads if self.conventions.rotations_per_head else 1
         rotations = random_rotations(d, columns, self.n_rounds * heads, generator=self.generator, device=qk.device)
@@ -230,8 +263,10 @@ class PublishedConfig(ReformerConfig):
         if self.layer_attention is not None:
             self.layer_attention = tuple(self.layer_attention)
             if len(self.layer_attention) != self.n_layers or any(k not in KINDS for k in self.layer_attention):
-                raise ValueError(f"layer_attention must give each of the n_layers={self.n_layers} layers one of "
-                                 f"{KINDS}, got {self.layer_attention!r}")
+                raise ValueError(
+                    f"layer_attention must give each of the n_layers={self.n_layers} layers one of "
+                    f"{KINDS}, got {self.layer_attention!r}"
+                )
         super().__post_init__()
         options = self.local_options
         if options is not None and (not isinstance(options, dict) or set(options) - set(LOCAL_OPTIONS)):
@@ -243,15 +278,20 @@ class PublishedConfig(ReformerConfig):
         if self.d_head is not None:
             check_int("d_head", self.d_head)
         chunks = {"lsh": self.chunk_len, "full": 1, "local": (options or {}).get("chunk_len", LOCAL_CHUNK_LEN)}
-        if self.pad_multiple is not None and any(check_int("pad_multiple", self.pad_multiple) % chunks[k]
-                                                 for k in self.kinds()):
-            raise ValueError(f"pad_multiple must be a multiple of every layer's chunk length "
-                             f"{sorted({chunks[k] for k in self.kinds()})}, got {self.pad_multiple}")
+        if self.pad_multiple is not None and any(
+            check_int("pad_multiple", self.pad_multiple) % chunks[k] for k in self.kinds()
+        ):
+            raise ValueError(
+                f"pad_multiple must be a multiple of every layer's chunk length "
+                f"{sorted({chunks[k] for k in self.kinds()})}, got {self.pad_multiple}"
+            )
         if self.axial_dims is not None:
             self.axial_dims = tuple(check_int("axial_dims", d) for d in self.axial_dims)
             if len(self.axial_dims) != 2 or self.axial_shape is None or sum(self.axial_dims) != self.d_model:
-                raise ValueError(f"axial_dims must be (row width, column width) summing to d_model={self.d_model}, "
-                                 f"with axial_shape set, got {self.axial_dims!r}")
+                raise ValueError(
+                    f"axial_dims must be (row width, column width) summing to d_model={self.d_model}, "
+                    f"with axial_shape set, got {self.axial_dims!r}"
+                )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if not isinstance(self.out_bias, bool):
@@ -282,18 +322,30 @@ class PublishedReformerLM(ReformerLM):
         c = self.config
         shape = dict(causal=c.causal, dropout=c.dropout)
         if kind == "local":
-            layer = LocalSelfAttention(c.d_model, c.n_heads, pad_multiple=c.pad_multiple, **shape,
-                                       **(c.local_options or {}))
+            layer = LocalSelfAttention(
+                c.d_model, c.n_heads, pad_multiple=c.pad_multiple, **shape, **(c.local_options or {})
+            )
         elif kind == "lsh":
             layer = PublishedLSHSelfAttention(
-                c.d_model, c.n_heads, n_rounds=n_rounds or c.n_rounds, chunk_len=c.chunk_len, n_buckets=c.n_buckets,
-                look_back=c.lsh_look_back, conventions=c.conventions, attention_fn=attention_fn,
-                bucket_factors=c.bucket_factors, pad_multiple=c.pad_multiple, hash_seed=c.hash_seed, **shape)
+                c.d_model,
+                c.n_heads,
+                n_rounds=n_rounds or c.n_rounds,
+                chunk_len=c.chunk_len,
+                n_buckets=c.n_buckets,
+                look_back=c.lsh_look_back,
+                conventions=c.conventions,
+                attention_fn=attention_fn,
+                bucket_factors=c.bucket_factors,
+                pad_multiple=c.pad_multiple,
+                hash_seed=c.hash_seed,
+                **shape,
+            )
         else:
             layer = super().make_attention(kind, n_rounds, attention_fn)
         return hf_heads(layer, c.d_head, c.out_bias)
 
     def make_feed_forward(self):
         c = self.config
-        return FeedForward(c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size,
-                           activation=ACTIVATIONS[c.activation]())
+        return FeedForward(
+            c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size, activation=ACTIVATIONS[c.activation]()
+        )

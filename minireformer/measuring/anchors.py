@@ -39,9 +39,18 @@ def hf_lsh_layer(length, *, d_model, n_heads, n_rounds, chunk_len):
 
     n_buckets = default_n_buckets(length, chunk_len)
     config = transformers.ReformerConfig(
-        hidden_size=d_model, num_attention_heads=n_heads, attention_head_size=d_model // n_heads,
-        lsh_attn_chunk_length=chunk_len, num_hashes=n_rounds, num_buckets=n_buckets, lsh_num_chunks_before=1,
-        lsh_num_chunks_after=0, is_decoder=False, lsh_attention_probs_dropout_prob=0.0, max_position_embeddings=length)
+        hidden_size=d_model,
+        num_attention_heads=n_heads,
+        attention_head_size=d_model // n_heads,
+        lsh_attn_chunk_length=chunk_len,
+        num_hashes=n_rounds,
+        num_buckets=n_buckets,
+        lsh_num_chunks_before=1,
+        lsh_num_chunks_after=0,
+        is_decoder=False,
+        lsh_attention_probs_dropout_prob=0.0,
+        max_position_embeddings=length,
+    )
 
     class HFLayer(nn.Module):
         def __init__(self):
@@ -51,8 +60,10 @@ def hf_lsh_layer(length, *, d_model, n_heads, n_rounds, chunk_len):
         def forward(self, x):
             return self.to_out(self.attn(x).hidden_states)
 
-    return HFLayer(), (f"transformers {transformers.__version__}: num_hashes={n_rounds}, chunk {chunk_len}, "
-                       f"num_buckets={n_buckets}, 1 chunk before / 0 after, is_decoder=False, attends across buckets")
+    return HFLayer(), (
+        f"transformers {transformers.__version__}: num_hashes={n_rounds}, chunk {chunk_len}, "
+        f"num_buckets={n_buckets}, 1 chunk before / 0 after, is_decoder=False, attends across buckets"
+    )
 
 
 def reformer_pytorch_layer(length, *, d_model, n_heads, n_rounds, chunk_len):
@@ -62,16 +73,20 @@ def reformer_pytorch_layer(length, *, d_model, n_heads, n_rounds, chunk_len):
     if rp is None:
         return None, MISSING.format(package="reformer-pytorch")
     module = rp.LSHSelfAttention(d_model, heads=n_heads, bucket_size=chunk_len, n_hashes=n_rounds, causal=False)
-    return module, (f"reformer-pytorch {version('reformer-pytorch')}: n_hashes={n_rounds}, bucket_size {chunk_len} "
-                    f"(its chunk), n_buckets = L / bucket_size = {length // chunk_len} (fixed by the library), "
-                    f"attends across buckets")
+    return module, (
+        f"reformer-pytorch {version('reformer-pytorch')}: n_hashes={n_rounds}, bucket_size {chunk_len} "
+        f"(its chunk), n_buckets = L / bucket_size = {length // chunk_len} (fixed by the library), "
+        f"attends across buckets"
+    )
 
 
 def reference_attention(length, *, d_model, n_heads, n_rounds=4, chunk_len=64):
     """``{name: (module or None, configuration or skip message)}`` for both references' LSH attention layer."""
     shape = dict(d_model=d_model, n_heads=n_heads, n_rounds=n_rounds, chunk_len=chunk_len)
-    return {"HF transformers": hf_lsh_layer(length, **shape),
-            "reformer-pytorch": reformer_pytorch_layer(length, **shape)}
+    return {
+        "HF transformers": hf_lsh_layer(length, **shape),
+        "reformer-pytorch": reformer_pytorch_layer(length, **shape),
+    }
 
 
 def reformer_pytorch_stack(n_blocks, length, *, reversible, d_model, n_heads, d_ff, chunk_len, n_rounds, ff_chunk_size):
@@ -80,15 +95,24 @@ def reformer_pytorch_stack(n_blocks, length, *, reversible, d_model, n_heads, d_
     rp = load("reformer_pytorch")
     if rp is None:
         return None
-    return rp.Reformer(dim=d_model, depth=n_blocks, heads=n_heads, bucket_size=chunk_len, n_hashes=n_rounds,
-                       ff_chunks=max(1, length // (ff_chunk_size or length)), ff_mult=d_ff // d_model,
-                       reverse_thres=0 if reversible else length)
+    return rp.Reformer(
+        dim=d_model,
+        depth=n_blocks,
+        heads=n_heads,
+        bucket_size=chunk_len,
+        n_hashes=n_rounds,
+        ff_chunks=max(1, length // (ff_chunk_size or length)),
+        ff_mult=d_ff // d_model,
+        reverse_thres=0 if reversible else length,
+    )
 
 
 def reformer_pytorch_stack_note(length, *, ff_chunk_size, chunk_len, n_rounds, d_ff, d_model):
     """How :func:`reformer_pytorch_stack` is configured, or why it is missing."""
     if load("reformer_pytorch") is None:
         return MISSING.format(package="reformer-pytorch")
-    return (f"reformer-pytorch {version('reformer-pytorch')} Reformer: same shape, bucket_size {chunk_len}, "
-            f"n_hashes {n_rounds}, ff_mult {d_ff // d_model}, ff_chunks {max(1, length // (ff_chunk_size or length))}, "
-            f"PreNorm (LayerNorm); reverse_thres = {length} (ordinary) or 0 (reversible)")
+    return (
+        f"reformer-pytorch {version('reformer-pytorch')} Reformer: same shape, bucket_size {chunk_len}, "
+        f"n_hashes {n_rounds}, ff_mult {d_ff // d_model}, ff_chunks {max(1, length // (ff_chunk_size or length))}, "
+        f"PreNorm (LayerNorm); reverse_thres = {length} (ordinary) or 0 (reversible)"
+    )

@@ -19,6 +19,7 @@ What is measured, and why the layers alone, is explained where those functions b
 
 import re
 import statistics
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -66,17 +67,25 @@ def complexity_table(b, l, d_model, d_ff, n_h, n_l, n_r, c):
     for name, value in values.items():
         check_int(name, value)
     return [
-        {"model": model, "memory": evaluate(memory, values), "time": evaluate(time, values),
-         "memory_formula": memory, "time_formula": time,
-         "memory_latex": to_latex(memory), "time_latex": to_latex(time)}
+        {
+            "model": model,
+            "memory": evaluate(memory, values),
+            "time": evaluate(time, values),
+            "memory_formula": memory,
+            "time_formula": time,
+            "memory_latex": to_latex(memory),
+            "time_latex": to_latex(time),
+        }
         for model, memory, time in TABLE_3
     ]
 
 
 def format_complexity(rows):
     """The rows of :func:`complexity_table` as a plain-text table for the terminal and notebooks."""
-    return format_table(("model", "memory", "formula", "time", "formula"),
-                  [(r["model"], si(r["memory"]), r["memory_formula"], si(r["time"]), r["time_formula"]) for r in rows])
+    return format_table(
+        ("model", "memory", "formula", "time", "formula"),
+        [(r["model"], si(r["memory"]), r["memory_formula"], si(r["time"]), r["time_formula"]) for r in rows],
+    )
 
 
 # ---- the table measured: the five variants built from the package's own modules -------------------------------
@@ -92,7 +101,7 @@ def format_complexity(rows):
 #   is the Transformer's n_l-fold term. It sees what is saved through autograd's own mechanism only, not
 #   tensors a custom Function keeps as ctx attributes (LSH attention's integer sort plan), so for LSH rows it
 #   is a lower bound; the peak below sees them.
-# - ``peak``: the peak bytes of live tensors during forward + backward (measuring.memory.activation_peak), *not counting the
+# - ``peak``: the peak bytes of live tensors during forward + backward (memory.activation_peak), *not counting the
 #   parameter gradients*. Those are n_l x the parameters in every variant, in any training, and in no row of
 #   the table; counting them would make every variant grow with n_l and d_ff. This is the quantity the
 #   table's "memory" column stands for: a reversible stack keeps almost nothing but recomputes one layer at a
@@ -122,8 +131,9 @@ class LayerStack(nn.Module):
         return self._stack(x)
 
 
-def build_variant(model, *, d_model, d_ff, n_h, n_l, n_r, chunk_len, ff_chunk_size, l=None, causal=True, seed=0,
-                  **_ignored):
+def build_variant(
+    model, *, d_model, d_ff, n_h, n_l, n_r, chunk_len, ff_chunk_size, l=None, causal=True, seed=0, **_ignored
+):
     """The layer stack of one Table 3 row (a key of :data:`VARIANTS`) as a :class:`LayerStack`.
 
     Extra keywords (``b``, ...) are ignored, so one configuration dict serves the table and the builder.
@@ -133,9 +143,20 @@ def build_variant(model, *, d_model, d_ff, n_h, n_l, n_r, chunk_len, ff_chunk_si
         raise ValueError(f"model must be one of {list(VARIANTS)}, got {model!r}")
     attention, reversible, chunked = VARIANTS[model]
     torch.manual_seed(seed)
-    lm = ReformerLM(vocab_size=2, d_model=d_model, n_heads=n_h, d_ff=d_ff, n_layers=n_l, max_len=l or 1,
-                    attention=attention, n_rounds=n_r, chunk_len=chunk_len, reversible=reversible,
-                    ff_chunk_size=ff_chunk_size if chunked else None, causal=causal)
+    lm = ReformerLM(
+        vocab_size=2,
+        d_model=d_model,
+        n_heads=n_h,
+        d_ff=d_ff,
+        n_layers=n_l,
+        max_len=l or 1,
+        attention=attention,
+        n_rounds=n_r,
+        chunk_len=chunk_len,
+        reversible=reversible,
+        ff_chunk_size=ff_chunk_size if chunked else None,
+        causal=causal,
+    )
     return LayerStack(lm)
 
 
@@ -147,8 +168,14 @@ def measure_variant(model, *, repeats=3, device=None, **config):
     config = {**MEASURE, **config}
     device = torch.device(device) if device is not None else torch.device("cpu")
     module = build_variant(model, **config).to(device)
-    x = torch.randn(config["b"], config["l"], config["d_model"], device=device,
-                    generator=torch.Generator(device).manual_seed(config.get("seed", 0)), requires_grad=True)
+    x = torch.randn(
+        config["b"],
+        config["l"],
+        config["d_model"],
+        device=device,
+        generator=torch.Generator(device).manual_seed(config.get("seed", 0)),
+        requires_grad=True,
+    )
     with cpu_threads(1):
         saved = saved_activation_bytes(module, x)
         peak = activation_peak(module, x)
@@ -179,13 +206,25 @@ def measured_table(*, repeats=3, device=None, progress=False, **config):
 
 def format_measured(rows):
     """The measured rows as a plain-text table: formula (as bytes of float32), measured saved and peak, time."""
+
     def size(n):
         return "-" if n is None else f"{si(n)}B"
 
-    return format_table(("model", "formula", "= float32", "saved", "peak", "peak/formula", "fwd+bwd"),
-                  [(r["model"], r["memory_formula"], size(r["formula_bytes"]), size(r["saved"]), size(r["peak"]),
-                    f"{r['peak'] / r['formula_bytes']:.1f}",
-                    "-" if r.get("seconds") is None else f"{1000 * r['seconds']:.0f} ms") for r in rows])
+    return format_table(
+        ("model", "formula", "= float32", "saved", "peak", "peak/formula", "fwd+bwd"),
+        [
+            (
+                r["model"],
+                r["memory_formula"],
+                size(r["formula_bytes"]),
+                size(r["saved"]),
+                size(r["peak"]),
+                f"{r['peak'] / r['formula_bytes']:.1f}",
+                "-" if r.get("seconds") is None else f"{1000 * r['seconds']:.0f} ms",
+            )
+            for r in rows
+        ],
+    )
 
 
 # ---- scaling: how the measured memory grows with one variable ----------------------------------------------------
@@ -204,8 +243,9 @@ def memory_scaling(models, name, values, *, what="peak", **config):
         result[model] = []
         for value in values:
             sizes = {**config, name: value}
-            x = torch.randn(sizes["b"], sizes["l"], sizes["d_model"], requires_grad=True,
-                            generator=torch.Generator().manual_seed(0))
+            x = torch.randn(
+                sizes["b"], sizes["l"], sizes["d_model"], requires_grad=True, generator=torch.Generator().manual_seed(0)
+            )
             with cpu_threads(1):
                 result[model].append(measure(build_variant(model, **sizes), x))
     return result
@@ -233,9 +273,16 @@ def saved_tensors(output, *, exclude=()):
                 continue
             if torch.is_tensor(value) and value.untyped_storage().data_ptr() not in excluded:
                 storage = value.untyped_storage()
-                found.setdefault(storage.data_ptr(), {"op": node.name(), "name": attr[len("_saved_"):],
-                                                      "shape": tuple(value.shape), "dtype": value.dtype,
-                                                      "bytes": storage.nbytes()})
+                found.setdefault(
+                    storage.data_ptr(),
+                    {
+                        "op": node.name(),
+                        "name": attr[len("_saved_") :],
+                        "shape": tuple(value.shape),
+                        "dtype": value.dtype,
+                        "bytes": storage.nbytes(),
+                    },
+                )
         todo.extend(next_node for next_node, _ in node.next_functions)
     return sorted(found.values(), key=lambda t: -t["bytes"])
 
@@ -255,8 +302,14 @@ def transformer_memory_experiment(lengths=(64, 128, 256, 512), depths=(1, 2, 4, 
     peak = memory_scaling(["Transformer"], "l", lengths, **dict(sizes, n_l=1))["Transformer"]
     saved = memory_scaling(["Transformer"], "n_l", depths, what="saved", **dict(sizes, l=length))["Transformer"]
     scores = [4 * sizes["b"] * sizes["n_h"] * n * n for n in lengths]
-    return {"lengths": list(lengths), "peak": peak, "scores": scores, "depths": list(depths), "saved": saved,
-            "length": length}
+    return {
+        "lengths": list(lengths),
+        "peak": peak,
+        "scores": scores,
+        "depths": list(depths),
+        "saved": saved,
+        "length": length,
+    }
 
 
 def saved_tensor_experiment(lengths=(32, 512), *, d_model=64, d_ff=256, n_h=4, b=1, seed=0):
@@ -264,8 +317,18 @@ def saved_tensor_experiment(lengths=(32, 512), *, d_model=64, d_ff=256, n_h=4, b
     parameters left out), at each length: ``{l: [{"op", "name", "shape", "dtype", "bytes"}, ...]}``."""
     result = {}
     for length in lengths:
-        layer = build_variant("Transformer", d_model=d_model, d_ff=d_ff, n_h=n_h, n_l=1, n_r=1, chunk_len=length,
-                              ff_chunk_size=None, l=length, seed=seed)
+        layer = build_variant(
+            "Transformer",
+            d_model=d_model,
+            d_ff=d_ff,
+            n_h=n_h,
+            n_l=1,
+            n_r=1,
+            chunk_len=length,
+            ff_chunk_size=None,
+            l=length,
+            seed=seed,
+        )
         x = torch.randn(b, length, d_model, generator=torch.Generator().manual_seed(seed), requires_grad=True)
         result[length] = saved_tensors(layer(x), exclude=list(layer.parameters()))
     return result
@@ -274,8 +337,10 @@ def saved_tensor_experiment(lengths=(32, 512), *, d_model=64, d_ff=256, n_h=4, b
 SCALING_SWEEPS = {  # variable -> (values, the rows drawn)
     "l": ((64, 128, 256), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
     "n_l": ((1, 2, 4, 8), ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")),
-    "d_ff": ((64, 256, 1024), ("Reversible Transformer", "Chunked Reversible Transformer", "LSH Transformer",
-                               "Reformer")),
+    "d_ff": (
+        (64, 256, 1024),
+        ("Reversible Transformer", "Chunked Reversible Transformer", "LSH Transformer", "Reformer"),
+    ),
 }
 
 
@@ -283,9 +348,10 @@ def scaling_experiment(names=("l", "n_l", "d_ff"), **sizes):
     """Lesson 05's sweeps (:data:`SCALING_SWEEPS`): ``{name: (values, {model: peak bytes})}``, at
     :data:`SCALING_SIZES` but for the variable swept."""
     sizes = {**SCALING_SIZES, **sizes}
-    return {name: (SCALING_SWEEPS[name][0], memory_scaling(SCALING_SWEEPS[name][1], name, SCALING_SWEEPS[name][0],
-                                                           **sizes))
-            for name in names}
+    return {
+        name: (SCALING_SWEEPS[name][0], memory_scaling(SCALING_SWEEPS[name][1], name, SCALING_SWEEPS[name][0], **sizes))
+        for name in names
+    }
 
 
 STEP_TIME_MODELS = ("Transformer", "Reversible Transformer", "LSH Transformer", "Reformer")
@@ -293,10 +359,10 @@ STEP_TIME_SIZES = dict(b=1, d_model=64, d_ff=256, n_h=4, n_l=2, n_r=2, chunk_len
 
 
 def step_time_experiment(lengths=(256, 4096), models=STEP_TIME_MODELS, *, repeats=3, device=None, **sizes):
-    """Seconds per training step (forward + backward of the layer stack) of each model at each length: the
-    median of ``repeats``, the models' steps taken in turn (:func:`minireformer.measure.interleaved`), so a busy
-    machine slows them alike. Sizes default to :data:`STEP_TIME_SIZES`. ``{model: [seconds per length]}``;
-    timings, so they differ from run to run and machine to machine (lesson 03 prints them, asserts nothing)."""
+    """Seconds per training step (forward + backward of the layer stack) of each model at each length: the median of
+    ``repeats``, the models' steps taken in turn (:func:`~minireformer.measuring.timing.interleaved`), so a busy machine
+    slows them alike. Sizes default to :data:`STEP_TIME_SIZES`. ``{model: [seconds per length]}``; timings, so they
+    differ from run to run and machine to machine (lesson 03 prints them, asserts nothing)."""
     sizes = {**STEP_TIME_SIZES, **sizes}
     device = resolve_device(device)
     times = {model: [] for model in models}
@@ -304,7 +370,7 @@ def step_time_experiment(lengths=(256, 4096), models=STEP_TIME_MODELS, *, repeat
         x = torch.randn(sizes["b"], length, sizes["d_model"], generator=torch.Generator().manual_seed(0)).to(device)
         x.requires_grad_()
         stacks = {model: build_variant(model, **dict(sizes, l=length)).to(device) for model in models}
-        steps = {model: lambda stack=stack: training_step(stack, x) for model, stack in stacks.items()}
+        steps = {model: partial(training_step, stack, x) for model, stack in stacks.items()}
         for model, seconds in interleaved(steps, repeats, device).items():
             times[model].append(statistics.median(seconds))
     return times
@@ -313,15 +379,32 @@ def step_time_experiment(lengths=(256, 4096), models=STEP_TIME_MODELS, *, repeat
 # ---- the command line: python -m minireformer table --measure ------------------------------------------------
 def add_measure_arguments(parser):
     """The ``table`` command's options for measuring (the sizes are the table's own options)."""
-    parser.add_argument("--measure", action="store_true",
-                        help="build the five variants from the package's modules and measure them beside the "
-                             "formulas (small sizes by default: seconds on a 2-core CPU)")
-    parser.add_argument("--chunk-len", dest="chunk_len", type=int, default=MEASURE["chunk_len"],
-                        help=f"with --measure: LSH chunk length; c = 2 chunk_len (default {MEASURE['chunk_len']})")
-    parser.add_argument("--ff-chunk-size", dest="ff_chunk_size", type=int, default=MEASURE["ff_chunk_size"],
-                        help=f"with --measure: positions per feed-forward chunk (default {MEASURE['ff_chunk_size']})")
-    parser.add_argument("--repeats", type=int, default=3, help="with --measure: timed runs, the median is shown "
-                                                               "(default 3; 0: no timing)")
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="build the five variants from the package's modules and measure them beside the "
+        "formulas (small sizes by default: seconds on a 2-core CPU)",
+    )
+    parser.add_argument(
+        "--chunk-len",
+        dest="chunk_len",
+        type=int,
+        default=MEASURE["chunk_len"],
+        help=f"with --measure: LSH chunk length; c = 2 chunk_len (default {MEASURE['chunk_len']})",
+    )
+    parser.add_argument(
+        "--ff-chunk-size",
+        dest="ff_chunk_size",
+        type=int,
+        default=MEASURE["ff_chunk_size"],
+        help=f"with --measure: positions per feed-forward chunk (default {MEASURE['ff_chunk_size']})",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="with --measure: timed runs, the median is shown (default 3; 0: no timing)",
+    )
     return parser
 
 
@@ -335,7 +418,10 @@ def measure_from_args(args, parser):
             check_int(name, value)
     except ValueError as error:
         parser.error(str(error))
-    print(", ".join(f"{k}={v}" for k, v in config.items()), f"(c = 2 chunk_len = {2 * config['chunk_len']}),",
-          "float32, on the CPU" if not torch.cuda.is_available() else "float32")
+    print(
+        ", ".join(f"{k}={v}" for k, v in config.items()),
+        f"(c = 2 chunk_len = {2 * config['chunk_len']}),",
+        "float32, on the CPU" if not torch.cuda.is_available() else "float32",
+    )
     rows = measured_table(repeats=args.repeats, progress=True, **config)
     print(format_measured(rows))

@@ -153,7 +153,7 @@ def peak_memory(fn, *args, device=None, **kwargs):
 
 # ---- the peak of a training step without its parameters' gradients ------------------------------------------
 class _Timeline(StoragePeak):
-    """A :class:`~minireformer.memory.StoragePeak` that also logs every allocation and free, so the peak can be
+    """A :class:`StoragePeak` that also logs every allocation and free, so the peak can be
     recomputed afterwards without some of the storages (the parameter gradients)."""
 
     def __init__(self, device=None):

@@ -34,7 +34,7 @@ def loglog_slopes(xs, ys):
     """The log-log slope between each pair of consecutive points: 1 for linear growth, 2 for quadratic."""
     if len(xs) != len(ys) or len(xs) < 2:
         raise ValueError(f"need two or more (x, y) pairs, got {len(xs)} xs and {len(ys)} ys")
-    return [loglog_slope(xs[i:i + 2], ys[i:i + 2]) for i in range(len(xs) - 1)]
+    return [loglog_slope(xs[i : i + 2], ys[i : i + 2]) for i in range(len(xs) - 1)]
 
 
 def linear_quadratic(points):
@@ -84,8 +84,9 @@ def write_run(path, results, *, command=None, **details):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(dict(command=command, machine=machine(), **details, results=results), indent=1)
-                         + "\n")
+    temporary.write_text(
+        json.dumps(dict(command=command, machine=machine(), **details, results=results), indent=1) + "\n"
+    )
     temporary.replace(path)
     return path
 

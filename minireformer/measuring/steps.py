@@ -42,8 +42,22 @@ class Merged(nn.Module):
         return merge(*self.sequence(*duplicate(x)))
 
 
-def reversible_stack(n_blocks, d_model=32, n_heads=4, d_ff=128, *, attention="lsh", chunk_len=32, n_rounds=2,
-                     ff_chunk_size=None, dropout=0.0, reversible=True, prenorm=True, seed=0, dtype=torch.float32):
+def reversible_stack(
+    n_blocks,
+    d_model=32,
+    n_heads=4,
+    d_ff=128,
+    *,
+    attention="lsh",
+    chunk_len=32,
+    n_rounds=2,
+    ff_chunk_size=None,
+    dropout=0.0,
+    reversible=True,
+    prenorm=True,
+    seed=0,
+    dtype=torch.float32,
+):
     """``n_blocks`` :class:`~minireformer.reversible.RevBlock` s with ``f = LayerNorm -> attention`` (``"lsh"``
     or ``"full"``) and ``g = LayerNorm -> FeedForward`` (the Reformer's layer; ``prenorm=False``: without the
     LayerNorms), as a :class:`~minireformer.reversible.ReversibleSequence`. Parameters drawn from ``seed``
@@ -61,8 +75,12 @@ def reversible_stack(n_blocks, d_model=32, n_heads=4, d_ff=128, *, attention="ls
 
     if seed is not None:
         torch.manual_seed(seed)
-    blocks = [RevBlock(branch(make_attention()),
-                       branch(FeedForward(d_model, d_ff, dropout=dropout, chunk_size=ff_chunk_size)),
-                       g_chunk_size=ff_chunk_size)
-              for _ in range(n_blocks)]
+    blocks = [
+        RevBlock(
+            branch(make_attention()),
+            branch(FeedForward(d_model, d_ff, dropout=dropout, chunk_size=ff_chunk_size)),
+            g_chunk_size=ff_chunk_size,
+        )
+        for _ in range(n_blocks)
+    ]
     return ReversibleSequence(blocks, reversible=reversible).to(dtype)

@@ -9,7 +9,6 @@ times a step, so that two measurements are always made alike.
   run. Nothing else in the package reads the clock, except the trainer's tokens/s meter.
 """
 
-
 import contextlib
 import os
 import platform
@@ -30,7 +29,9 @@ def resolve_device(name="auto"):
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but CUDA is not available on this machine; use 'auto' or 'cpu'")
+        raise ValueError(
+            f"device {name!r} was asked for, but CUDA is not available on this machine; use 'auto' or 'cpu'"
+        )
     return device
 
 
@@ -58,8 +59,10 @@ def machine():
     """The machine in words, for printed tables."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, " \
-           f"{torch.get_num_threads()} threads"
+    return (
+        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 # ---- time ---------------------------------------------------------------------------------------------------------

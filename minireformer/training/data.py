@@ -35,7 +35,7 @@ def duplication_target_mask(length, device=None):
 
     Target t is token t + 1 (predicted from tokens 0..t); the second w occupies tokens L/2 + 1 .. L - 1.
     """
-    return (torch.arange(1, length, device=device) > length // 2)
+    return torch.arange(1, length, device=device) > length // 2
 
 
 def default_corpus_files():
@@ -84,8 +84,10 @@ class ByteCorpus:
         for split, data in self.splits.items():
             if len(data) < seq_len + 1:
                 total = sum(len(d) for d in self.splits.values())
-                raise ValueError(f"the corpus has {total:,} bytes, so its {split} split has {len(data):,}: fewer than "
-                                 f"seq_len + 1 = {seq_len + 1} (use a larger corpus or a shorter --seq-len)")
+                raise ValueError(
+                    f"the corpus has {total:,} bytes, so its {split} split has {len(data):,}: fewer than "
+                    f"seq_len + 1 = {seq_len + 1} (use a larger corpus or a shorter --seq-len)"
+                )
 
     def batch(self, split, batch_size, seq_len, *, generator=None, device=None):
         """``batch_size`` random windows of ``seq_len + 1`` bytes from ``split``, as int64 ``[batch, seq_len + 1]``."""
@@ -93,7 +95,7 @@ class ByteCorpus:
         if len(data) < seq_len + 1:
             raise ValueError(f"the {split} split has {len(data)} bytes, fewer than seq_len + 1 = {seq_len + 1}")
         starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)
-        windows = torch.stack([data[s:s + seq_len + 1] for s in starts.tolist()])
+        windows = torch.stack([data[s : s + seq_len + 1] for s in starts.tolist()])
         return windows.long().to(device)
 
 

@@ -25,7 +25,7 @@ from ..measuring.timing import Stopwatch, cpu_threads, resolve_device
 from . import plan
 from .scale import SCALES, current_scale
 from .settings import DUPLICATION_SCALES, EVAL_ATTENTIONS, TRAIN_ATTENTIONS, duplication_setting, parse_attention
-from .trainer import Trainer, TrainConfig, positive_int
+from .trainer import TrainConfig, Trainer, positive_int
 
 # Table 2 of the paper: 1 layer, L = 1024, d_model = d_ff = 256, 4 heads, 150K steps.
 PAPER_TABLE2 = {
@@ -72,13 +72,22 @@ def evaluate_attentions(trainer, evals=EVAL_ATTENTIONS, batches=None):
 def _table_row(name, scale, batches, evals, threads, overrides):
     """One row of Table 2 (train ``name``, evaluate with each of ``evals``), in this process or a worker's."""
     with cpu_threads(threads):
-        trainer = train_duplication(name, scale, progress=False, memory="device" if scale == "full" else None,
-                                    **overrides)
+        trainer = train_duplication(
+            name, scale, progress=False, memory="device" if scale == "full" else None, **overrides
+        )
         return evaluate_attentions(trainer, evals, batches)
 
 
-def duplication_table(scale="quick", *, trains=TRAIN_ATTENTIONS, evals=EVAL_ATTENTIONS, batches=None, workers=1,
-                      progress=True, **train_overrides):
+def duplication_table(
+    scale="quick",
+    *,
+    trains=TRAIN_ATTENTIONS,
+    evals=EVAL_ATTENTIONS,
+    batches=None,
+    workers=1,
+    progress=True,
+    **train_overrides,
+):
     """Table 2: train one model per ``trains`` entry, evaluate each with every ``evals`` entry.
     Returns ``{train: {eval: accuracy}}``; ``batches`` defaults to the scale's ``table_batches``. ``workers``
     processes train the rows side by side (CPU: one thread each, the same numbers as one after another)."""
@@ -96,7 +105,7 @@ def duplication_table(scale="quick", *, trains=TRAIN_ATTENTIONS, evals=EVAL_ATTE
     else:  # fresh interpreters (spawn): no state is shared with this process, and CUDA may be used in them
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_table_row, *job) for job in jobs]
-            for future in as_completed(futures):
+            for _ in as_completed(futures):
                 bar.update()
             rows = [future.result() for future in futures]
     bar.close()
@@ -110,12 +119,14 @@ def table2_trends(table):
     (the spread of a table cell from one seed to another)."""
     full, lsh_rows = table["full"], ("lsh-4", "lsh-2", "lsh-1")
     return {
-        "full-trained falls with the rounds": all(full[a] >= full[b] - 0.01 for a, b in
-                                                  (("lsh-8", "lsh-4"), ("lsh-4", "lsh-2"), ("lsh-2", "lsh-1"))),
+        "full-trained falls with the rounds": all(
+            full[a] >= full[b] - 0.01 for a, b in (("lsh-8", "lsh-4"), ("lsh-4", "lsh-2"), ("lsh-2", "lsh-1"))
+        ),
         "full-trained LSH-1 at least 10 points below LSH-8": full["lsh-1"] <= full["lsh-8"] - 0.10,
         "LSH-trained rows solve it with LSH-8": all(table[row]["lsh-8"] >= 0.95 for row in lsh_rows),
         "with LSH-1, more training rounds score higher": all(
-            table[a]["lsh-1"] >= table[b]["lsh-1"] - 0.01 for a, b in zip(lsh_rows, lsh_rows[1:])),
+            table[a]["lsh-1"] >= table[b]["lsh-1"] - 0.01 for a, b in zip(lsh_rows, lsh_rows[1:])
+        ),
     }
 
 
@@ -134,23 +145,33 @@ def format_table2(ours, paper=PAPER_TABLE2):
 
 def describe_scale(scale, **train_overrides):
     model, train = duplication_configs("lsh-1", scale, **train_overrides)
-    return (f"L = {train.seq_len}, {model['n_layers']} layer, d_model = {model['d_model']}, d_ff = {model['d_ff']}, "
-            f"{model['n_heads']} heads, chunk_len = {model['chunk_len']}, "
-            f"{model.get('n_buckets') or 2 * train.seq_len // model['chunk_len']} buckets; {train.steps} steps of batch "
-            f"{train.batch_size}, AdamW lr {train.lr}")
+    return (
+        f"L = {train.seq_len}, {model['n_layers']} layer, d_model = {model['d_model']}, d_ff = {model['d_ff']}, "
+        f"{model['n_heads']} heads, chunk_len = {model['chunk_len']}, "
+        f"{model.get('n_buckets') or 2 * train.seq_len // model['chunk_len']} buckets; {train.steps} steps of batch "
+        f"{train.batch_size}, AdamW lr {train.lr}"
+    )
 
 
 # ---- the command line: python -m minireformer duplication ------------------------------------------------------
 def add_duplication_arguments(parser):
-    parser.add_argument("--scale", choices=SCALES, help="quick (CPU, minutes) or full (the paper's size, one GPU); "
-                        "default: full with CUDA, else quick, or $MINIREFORMER_SCALE")
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        help="quick (CPU, minutes) or full (the paper's size, one GPU); "
+        "default: full with CUDA, else quick, or $MINIREFORMER_SCALE",
+    )
     parser.add_argument("--out", help="write the table as JSON: {train attention: {eval attention: accuracy}}")
     parser.add_argument("--steps", type=positive_int, help="training steps per model (default: the scale's)")
     parser.add_argument("--batches", type=positive_int, help="evaluation batches per table cell (default: the scale's)")
     parser.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="train this many rows at once, one process each (on a CPU: one per core; default 1)")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="train this many rows at once, one process each (on a CPU: one per core; default 1)",
+    )
     return parser
 
 
@@ -172,8 +193,14 @@ def duplication_from_args(args, parser):
     print(format_table2(table))
     print(f"wall time {clock.seconds:.0f} s")
     if args.out:
-        write_run(args.out, table, command=getattr(args, "command_line", None), scale=scale,
-                  setting=describe_scale(scale, **overrides), wall_s=round(clock.seconds), workers=args.workers)
+        write_run(
+            args.out,
+            table,
+            command=getattr(args, "command_line", None),
+            scale=scale,
+            setting=describe_scale(scale, **overrides),
+            wall_s=round(clock.seconds),
+            workers=args.workers,
+        )
         print(f"wrote {args.out}")
     return table
-

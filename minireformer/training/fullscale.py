@@ -37,14 +37,50 @@ def commands(out, memory=None):
     notebooks = Path(__file__).resolve().parents[2] / "notebooks"
     return {
         "plan": [(me + ["plan", "--scale", "full", "--json", "--no-time"] + size, "plan.json")],
-        "duplication": [(me + ["duplication", "--scale", "full", "--out", str(out / "table2.json")], "duplication.txt")],
-        "longseq": [(me + ["longseq", "--scale", "full", "--parts", "curves", "figure3", "sweep", "long",
-                           "--out", str(out / "longseq.json")], "longseq.txt")],
-        "bench": [(me + ["bench", "attention", "--figure", str(out / "bench_attention.png")], "bench_attention.txt"),
-                  (me + ["bench", "reversible", "--figure", str(out / "bench_reversible.png")], "bench_reversible.txt")],
-        "lessons": [([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                      "--ExecutePreprocessor.timeout=-1", "--output-dir", str(out / "notebooks"), str(notebooks / name)],
-                     f"{name}.log") for name in LESSONS],
+        "duplication": [
+            (me + ["duplication", "--scale", "full", "--out", str(out / "table2.json")], "duplication.txt")
+        ],
+        "longseq": [
+            (
+                me
+                + [
+                    "longseq",
+                    "--scale",
+                    "full",
+                    "--parts",
+                    "curves",
+                    "figure3",
+                    "sweep",
+                    "long",
+                    "--out",
+                    str(out / "longseq.json"),
+                ],
+                "longseq.txt",
+            )
+        ],
+        "bench": [
+            (me + ["bench", "attention", "--figure", str(out / "bench_attention.png")], "bench_attention.txt"),
+            (me + ["bench", "reversible", "--figure", str(out / "bench_reversible.png")], "bench_reversible.txt"),
+        ],
+        "lessons": [
+            (
+                [
+                    sys.executable,
+                    "-m",
+                    "jupyter",
+                    "nbconvert",
+                    "--to",
+                    "notebook",
+                    "--execute",
+                    "--ExecutePreprocessor.timeout=-1",
+                    "--output-dir",
+                    str(out / "notebooks"),
+                    str(notebooks / name),
+                ],
+                f"{name}.log",
+            )
+            for name in LESSONS
+        ],
     }
 
 
@@ -64,12 +100,17 @@ def run(out="runs/full", memory=None, only=STAGES):
         for argv, name in steps:
             print(f"[{stage}] {' '.join(argv)}", flush=True)
             with open(out / name, "w") as log, Stopwatch() as clock:
-                code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT if name.endswith((".txt", ".log"))
-                                      else sys.stderr, env=env).returncode
+                code = subprocess.run(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT if name.endswith((".txt", ".log")) else sys.stderr,
+                    env=env,
+                ).returncode
             seconds = clock.seconds
             print(f"[{stage}] exit {code} after {seconds:.0f} s -> {out / name}", flush=True)
-            results["stages"].append(dict(stage=stage, command=argv, returncode=code, seconds=seconds,
-                                          output=str(out / name)))
+            results["stages"].append(
+                dict(stage=stage, command=argv, returncode=code, seconds=seconds, output=str(out / name))
+            )
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     failed = [s["stage"] for s in results["stages"] if s["returncode"]]
     print(f"results: {out / 'results.json'}" + (f"; failed: {failed}" if failed else "; every stage exited 0"))

@@ -15,7 +15,8 @@ a function that returns plain numbers (the lesson plots them, ``python -m minire
   A memory budget stands in for a smaller device: on the CPU a step stops the moment its live tensors
   exceed the budget, as an accelerator fails to allocate; on CUDA a real out-of-memory error counts too.
 - the sizes of both at the ``quick`` (CPU, minutes) and ``full`` (one GPU) scale are
-  :func:`minireformer.training.settings.longseq_settings`, the models compared :data:`~minireformer.training.settings.VARIANTS`.
+  :func:`~minireformer.training.settings.longseq_settings`, the models compared
+  :data:`~minireformer.training.settings.VARIANTS`.
 
 Shapes: tokens ``[batch, seq_len + 1]`` (the model reads ``seq_len``, predicts the next byte of each).
 """
@@ -35,7 +36,8 @@ from ..measuring.timing import Stopwatch, machine, resolve_device, timings
 from ..model import ReformerConfig, ReformerLM
 from . import plan
 from .settings import CURVES, FIGURE3, SAMPLER, SAMPLER_SETTINGS, SWEEP, VARIANTS, longseq_settings, variants
-from .trainer import CheckpointError, Trainer, TrainConfig, save_atomically, step_loss
+from .trainer import CheckpointError, TrainConfig, Trainer, save_atomically, step_loss
+
 
 # ---- learning curves -------------------------------------------------------------------------------------------
 def learning_curves(models, *, model, train, corpus=None, seed=0, memory=None, progress=True):
@@ -63,8 +65,15 @@ def learning_curves(models, *, model, train, corpus=None, seed=0, memory=None, p
                 continue
             if micro < train["batch_size"]:
                 print(f"{name}: batch {train['batch_size']} as micro-batches of {micro} (the memory plan)")
-        config = TrainConfig(**dict(train, task="text", corpus=corpus, seed=seed,
-                                    micro_batch_size=micro if micro and micro < train["batch_size"] else None))
+        config = TrainConfig(
+            **dict(
+                train,
+                task="text",
+                corpus=corpus,
+                seed=seed,
+                micro_batch_size=micro if micro and micro < train["batch_size"] else None,
+            )
+        )
         trainer = Trainer(dict(model, **options), config)
         start = [(0, trainer.evaluate()["bits_per_byte"])]
         with Stopwatch() as clock:
@@ -72,19 +81,33 @@ def learning_curves(models, *, model, train, corpus=None, seed=0, memory=None, p
         seconds = clock.seconds
         points = start + [(m["step"], m["bits_per_byte"]) for m in metrics if m["split"] == "val"]
         curves[name] = {
-            "step": [s for s, _ in points], "bits_per_byte": [b for _, b in points], "seconds": seconds,
+            "step": [s for s, _ in points],
+            "bits_per_byte": [b for _, b in points],
+            "seconds": seconds,
             "tokens_per_s": config.steps * config.batch_size * config.seq_len / seconds,
-            "parameters": sum(p.numel() for p in trainer.model.parameters()), "trainer": trainer,
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "trainer": trainer,
         }
     return curves
 
 
 def format_curves(curves):
     """A text table: each model's held-out bits per byte at the start and the end, and its wall time."""
-    rows = [[name, f"{c['parameters']:,d}", f"{c['bits_per_byte'][0]:.3f}", f"{c['bits_per_byte'][-1]:.3f}",
-             c["step"][-1], f"{c['seconds']:.1f}s", f"{c['tokens_per_s']:,.0f}"] for name, c in curves.items()]
-    return format_table(["model", "params", "bits/byte: start", "end", "steps", "time", "tokens/s"], rows,
-                        align="<>>>>>>")
+    rows = [
+        [
+            name,
+            f"{c['parameters']:,d}",
+            f"{c['bits_per_byte'][0]:.3f}",
+            f"{c['bits_per_byte'][-1]:.3f}",
+            c["step"][-1],
+            f"{c['seconds']:.1f}s",
+            f"{c['tokens_per_s']:,.0f}",
+        ]
+        for name, c in curves.items()
+    ]
+    return format_table(
+        ["model", "params", "bits/byte: start", "end", "steps", "time", "tokens/s"], rows, align="<>>>>>>"
+    )
 
 
 # ---- memory and speed vs length --------------------------------------------------------------------------------
@@ -98,12 +121,21 @@ def train_sampler(path=SAMPLER, *, progress=True):
     """Train the shipped sampling Reformer (``SAMPLER_SETTINGS["sampler"]``, on the standard library's source) and
     save its configuration, weights and learning curve to ``path`` (atomically). Returns the curve."""
     s = SAMPLER_SETTINGS["sampler"]
-    curve = learning_curves({"Reformer": VARIANTS["Reformer"]}, model=s["model"], train=s["train"],
-                            progress=progress)["Reformer"]
+    curve = learning_curves({"Reformer": VARIANTS["Reformer"]}, model=s["model"], train=s["train"], progress=progress)[
+        "Reformer"
+    ]
     model = curve.pop("trainer").model
-    save_atomically({"format": "minireformer-weights-1", "model_config": asdict(model.config),
-                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "curve": curve,
-                     "command": "python -m minireformer longseq --parts sampler", "machine": machine()}, path)
+    save_atomically(
+        {
+            "format": "minireformer-weights-1",
+            "model_config": asdict(model.config),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "curve": curve,
+            "command": "python -m minireformer longseq --parts sampler",
+            "machine": machine(),
+        },
+        path,
+    )
     return curve
 
 
@@ -114,7 +146,9 @@ def load_sampler(path=SAMPLER):
         model = ReformerLM(config=ReformerConfig(**saved["model_config"]))
         model.load_state_dict(saved["model"])
     except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist: python -m minireformer longseq --parts sampler writes it") from None
+        raise CheckpointError(
+            f"{path} does not exist: python -m minireformer longseq --parts sampler writes it"
+        ) from None
     except Exception as error:  # truncated file, another format, or weights of another shape
         raise CheckpointError(f"{path} is not a minireformer sampler ({type(error).__name__}: {error})") from None
     return model.eval(), saved["curve"]
@@ -132,14 +166,25 @@ def _extrapolate(points, length):
     if not points:
         return None
     if len(points) == 1:
-        (l1, v1), = points
+        ((l1, v1),) = points
         return v1 * length / l1
     a, c = linear_quadratic(points[-2:])
-    return a * length + c * length ** 2
+    return a * length + c * length**2
 
 
-def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, time_budget=None, time_it=True,
-                 device="auto", seed=0, progress=True):
+def length_sweep(
+    models,
+    lengths,
+    *,
+    model,
+    batch_size=1,
+    memory_budget=None,
+    time_budget=None,
+    time_it=True,
+    device="auto",
+    seed=0,
+    progress=True,
+):
     """One training step of each of ``models`` at each length: peak memory and tokens/s.
 
     ``models``: ``{name: ReformerConfig options}``; ``model``: the shared size (``max_len`` becomes
@@ -174,21 +219,32 @@ def length_sweep(models, lengths, *, model, batch_size=1, memory_budget=None, ti
         memory, timing, stopped = [], [], None
         for length in lengths:
             bar.set_postfix(model=name, L=length)
-            row = dict(model=name, seq_len=length, batch_size=batch_size, status="ok", peak_bytes=None,
-                       seconds=None, tokens_per_s=None, estimated_bytes=None)
+            row = dict(
+                model=name,
+                seq_len=length,
+                batch_size=batch_size,
+                status="ok",
+                peak_bytes=None,
+                seconds=None,
+                tokens_per_s=None,
+                estimated_bytes=None,
+            )
             predicted = _extrapolate(timing, length)
             if stopped is None and time_budget is not None and predicted is not None and predicted > time_budget:
                 stopped = "too slow"
             if stopped is not None:
                 row["status"] = "skipped" if stopped == "out of memory" else stopped
             else:
-                tokens = torch.randint(0, 256, (batch_size, length + 1), device=device,
-                                       generator=torch.Generator(device).manual_seed(seed))
+                tokens = torch.randint(
+                    0, 256, (batch_size, length + 1), device=device, generator=torch.Generator(device).manual_seed(seed)
+                )
                 try:
                     row["peak_bytes"] = step_peak(net, tokens, memory_budget=memory_budget)
                     memory.append((length, row["peak_bytes"]))
                     if time_it:
-                        row["seconds"] = timings(partial(training_step, net, tokens, step_loss("text")), 1, device, warmup=False)[0]
+                        row["seconds"] = timings(
+                            partial(training_step, net, tokens, step_loss("text")), 1, device, warmup=False
+                        )[0]
                         row["tokens_per_s"] = batch_size * length / row["seconds"]
                         timing.append((length, row["seconds"]))
                 except OUT_OF_MEMORY:
@@ -212,11 +268,21 @@ def format_sweep(rows):
     """A text table of :func:`length_sweep`'s rows: one line per (model, length)."""
 
     def status(r):
-        extrapolated = f" (needs ~{binary_bytes(r['estimated_bytes'])}, extrapolated)" if r["estimated_bytes"] is not None else ""
+        extrapolated = (
+            f" (needs ~{binary_bytes(r['estimated_bytes'])}, extrapolated)" if r["estimated_bytes"] is not None else ""
+        )
         return r["status"] + extrapolated
 
-    lines = [[r["model"], r["seq_len"], binary_bytes(r["peak_bytes"]),
-              "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}", status(r)] for r in rows]
+    lines = [
+        [
+            r["model"],
+            r["seq_len"],
+            binary_bytes(r["peak_bytes"]),
+            "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}",
+            status(r),
+        ]
+        for r in rows
+    ]
     return format_table(["model", "length", "peak memory", "tokens/s", "status"], lines, align="<>>><")
 
 
@@ -250,9 +316,16 @@ def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None,
     for part in parts:
         if part in ("curves", "figure3"):
             names = CURVES if part == "curves" else FIGURE3
-            curves = learning_curves(variants(names), model=s["model"], train=s["train"], progress=progress,
-                                     memory=memory_budget or "device" if s["scale"] == "full" else None)
-            print(f"\n{part}: held-out bits per byte, seq_len {s['train']['seq_len']}, batch {s['train']['batch_size']}")
+            curves = learning_curves(
+                variants(names),
+                model=s["model"],
+                train=s["train"],
+                progress=progress,
+                memory=memory_budget or "device" if s["scale"] == "full" else None,
+            )
+            print(
+                f"\n{part}: held-out bits per byte, seq_len {s['train']['seq_len']}, batch {s['train']['batch_size']}"
+            )
             print(format_curves(curves))
             results[part] = {n: {k: v for k, v in c.items() if k != "trainer"} for n, c in curves.items()}
         elif part == "sweep":
@@ -261,20 +334,29 @@ def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None,
                 sweep["memory_budget"] = memory_budget
             rows = length_sweep(variants(SWEEP), sweep.pop("lengths"), model=s["model"], progress=progress, **sweep)
             budget = sweep["memory_budget"]
-            print(f"\nsweep: one training step, batch {sweep['batch_size']}, memory budget "
-                  f"{'the device' if budget is None else binary_bytes(budget)}")
+            print(
+                f"\nsweep: one training step, batch {sweep['batch_size']}, memory budget "
+                f"{'the device' if budget is None else binary_bytes(budget)}"
+            )
             print(format_sweep(rows))
             results["sweep"] = rows
         elif part == "sampler":
             curve = train_sampler(progress=progress)
-            print(f"\nsampler: {curve['parameters']:,} parameters, held-out bits per byte "
-                  f"{curve['bits_per_byte'][0]:.2f} -> {curve['bits_per_byte'][-1]:.2f} in {curve['seconds']:.0f} s; "
-                  f"wrote {SAMPLER}")
+            print(
+                f"\nsampler: {curve['parameters']:,} parameters, held-out bits per byte "
+                f"{curve['bits_per_byte'][0]:.2f} -> {curve['bits_per_byte'][-1]:.2f} in {curve['seconds']:.0f} s; "
+                f"wrote {SAMPLER}"
+            )
             results["sampler"] = curve
         else:
             long = s["long"]
-            curves = learning_curves({"Reformer": VARIANTS["Reformer"]}, model=long["model"], train=long["train"],
-                                     progress=progress, memory=memory_budget or "device" if s["scale"] == "full" else None)
+            curves = learning_curves(
+                {"Reformer": VARIANTS["Reformer"]},
+                model=long["model"],
+                train=long["train"],
+                progress=progress,
+                memory=memory_budget or "device" if s["scale"] == "full" else None,
+            )
             print(f"\nlong: a Reformer on sequences of {long['train']['seq_len']} bytes")
             print(format_curves(curves))
             results["long"] = {n: {k: v for k, v in c.items() if k != "trainer"} for n, c in curves.items()}
@@ -287,17 +369,31 @@ def run(scale=None, parts=("curves", "figure3", "sweep"), *, memory_budget=None,
 
 def add_arguments(parser):
     """The options of ``python -m minireformer longseq``; returns ``parser``."""
-    parser.description = ("Lesson 07's experiments: Reformer vs Transformer learning curves on bytes, the paper's "
-                          "Figure 3 (shared-QK, reversible), peak memory and tokens/s against the sequence length, "
-                          "(--parts long) a Reformer on 64K-byte sequences at full scale, and (--parts sampler) the "
-                          "small Reformer whose weights ship with lesson 07.")
-    parser.add_argument("--scale", choices=["quick", "full"],
-                        help="quick: small, for a CPU; full: the GPU set-up (default: full when CUDA is present)")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=["curves", "figure3", "sweep"],
-                        help="which experiments (default: curves figure3 sweep)")
-    parser.add_argument("--memory-budget", type=float, metavar="GiB",
-                        help="the sweep stops a step past this many GiB, as a device of that size would "
-                             "(default: quick 0.5; full: the device's own memory)")
+    parser.description = (
+        "Lesson 07's experiments: Reformer vs Transformer learning curves on bytes, the paper's "
+        "Figure 3 (shared-QK, reversible), peak memory and tokens/s against the sequence length, "
+        "(--parts long) a Reformer on 64K-byte sequences at full scale, and (--parts sampler) the "
+        "small Reformer whose weights ship with lesson 07."
+    )
+    parser.add_argument(
+        "--scale",
+        choices=["quick", "full"],
+        help="quick: small, for a CPU; full: the GPU set-up (default: full when CUDA is present)",
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=["curves", "figure3", "sweep"],
+        help="which experiments (default: curves figure3 sweep)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="GiB",
+        help="the sweep stops a step past this many GiB, as a device of that size would "
+        "(default: quick 0.5; full: the device's own memory)",
+    )
     parser.add_argument("--out", help="write the numbers as JSON to this file")
     return parser
 

@@ -11,7 +11,7 @@ plus what one step allocates, which grows in the batch ``B`` and the length ``L`
 ``g``: what does not depend on the batch (the parameters' gradients are counted with the parameters,
 as they exist through the step); ``a L``: activations, logits and
 LSH's chunks; ``c L^2``: the scores of full attention. :func:`predict` measures a step exactly (tensor
-storages on the CPU, :func:`minireformer.memory.peak_memory`) at three small lengths and two batch sizes
+storages on the CPU, :func:`minireformer.measuring.memory.peak_memory`) at three small lengths and two batch sizes
 of the run's own model (its real width and depth), solves for ``g``, ``a`` and ``c``, and evaluates the
 formula at the run's real shape. The tests check the prediction against the measured step at larger
 sizes. What it does not know: the allocator's rounding and fragmentation and the CUDA context, hence a
@@ -43,7 +43,7 @@ from ..measuring.steps import training_step
 from ..measuring.timing import Stopwatch, resolve_device, timings
 from ..model import ReformerConfig, ReformerLM
 from . import settings
-from .trainer import Trainer, TrainConfig, step_loss
+from .trainer import TrainConfig, Trainer, step_loss
 
 HEADROOM = 0.9  # a run "fits" when its predicted peak is at most this share of the memory
 PROBE_LENGTHS = (256, 512, 1024)  # the small lengths a prediction is measured at (two batch sizes at the first)
@@ -81,6 +81,7 @@ class Run:
     ``bench.attention_layer(**model)``) or ``"stack"`` (``bench.bench_stack(**model)``), both on inputs
     ``[B, L, 256]``. ``optimizer``: the run keeps AdamW's state; ``shrink``: it may train in micro-batches;
     ``sweep``: a measurement that catches its own out-of-memory."""
+
     name: str
     where: str
     model: dict
@@ -104,8 +105,18 @@ def lm_run(name, where, model, train, *, vocab, sweep=False):
     task = train.get("task", "text")
     max_len = train["seq_len"] - 1 if task == "duplication" else train["seq_len"]
     options = dict({"max_len": max_len}, **model, vocab_size=vocab)
-    return Run(name, where, options, train.get("batch_size", 1), train["seq_len"], task=task, steps=train.get("steps"),
-               optimizer=not sweep, shrink=not sweep, sweep=sweep)
+    return Run(
+        name,
+        where,
+        options,
+        train.get("batch_size", 1),
+        train["seq_len"],
+        task=task,
+        steps=train.get("steps"),
+        optimizer=not sweep,
+        shrink=not sweep,
+        sweep=sweep,
+    )
 
 
 def runs(scale="full"):
@@ -113,35 +124,98 @@ def runs(scale="full"):
     out = []
     for attention in settings.TRAIN_ATTENTIONS:
         model, train = settings.duplication_setting(attention, scale)
-        out.append(lm_run(f"Table 2: train {attention}", "lesson 06, duplication", model, train,
-                          vocab=train.get("n_symbols", TrainConfig.n_symbols) + 1))
+        out.append(
+            lm_run(
+                f"Table 2: train {attention}",
+                "lesson 06, duplication",
+                model,
+                train,
+                vocab=train.get("n_symbols", TrainConfig.n_symbols) + 1,
+            )
+        )
     s = settings.longseq_settings(scale)
     for name, options in settings.VARIANTS.items():
-        out.append(lm_run(f"curves: {name}", "lesson 07, longseq (curves, figure3)", dict(s["model"], **options),
-                          dict(s["train"], task="text"), vocab=256))
+        out.append(
+            lm_run(
+                f"curves: {name}",
+                "lesson 07, longseq (curves, figure3)",
+                dict(s["model"], **options),
+                dict(s["train"], task="text"),
+                vocab=256,
+            )
+        )
     sweep = s["sweep"]
     for name in settings.SWEEP:
         for length in sweep["lengths"]:
             model = dict(s["model"], **settings.VARIANTS[name], max_len=max(sweep["lengths"]))
-            out.append(lm_run(f"sweep: {name}", "lesson 07, longseq (sweep)", model,
-                              dict(seq_len=length, batch_size=sweep["batch_size"]), vocab=256, sweep=True))
+            out.append(
+                lm_run(
+                    f"sweep: {name}",
+                    "lesson 07, longseq (sweep)",
+                    model,
+                    dict(seq_len=length, batch_size=sweep["batch_size"]),
+                    vocab=256,
+                    sweep=True,
+                )
+            )
     long = s["long"]
-    out.append(lm_run("64K: Reformer" if scale == "full" else "long: Reformer", "longseq --parts long",
-                      dict(long["model"], **settings.VARIANTS["Reformer"]), dict(long["train"], task="text"), vocab=256))
+    out.append(
+        lm_run(
+            "64K: Reformer" if scale == "full" else "long: Reformer",
+            "longseq --parts long",
+            dict(long["model"], **settings.VARIANTS["Reformer"]),
+            dict(long["train"], task="text"),
+            vocab=256,
+        )
+    )
     lengths = bench.LENGTHS if scale == "full" else (512, 1024, 2048)
     total = bench.TOTAL_TOKENS if scale == "full" else 2048
     top = lengths[-1]
-    for name, model in ((f"LSH-{max(bench.ROUNDS)}", dict(kind="lsh", n_rounds=max(bench.ROUNDS))),
-                        ("dense SDPA", dict(kind="sdpa"))):
-        out.append(Run(f"bench attention: {name}", "lesson 02, bench attention", model, total // top, top,
-                       kind="attention", optimizer=False, shrink=False, sweep=True))
+    for name, model in (
+        (f"LSH-{max(bench.ROUNDS)}", dict(kind="lsh", n_rounds=max(bench.ROUNDS))),
+        ("dense SDPA", dict(kind="sdpa")),
+    ):
+        out.append(
+            Run(
+                f"bench attention: {name}",
+                "lesson 02, bench attention",
+                model,
+                total // top,
+                top,
+                kind="attention",
+                optimizer=False,
+                shrink=False,
+                sweep=True,
+            )
+        )
     for length in lengths:
-        out.append(Run("bench attention: full (shared-QK)", "lesson 02, bench attention", dict(kind="full"),
-                       total // length, length, kind="attention", optimizer=False, shrink=False, sweep=True))
+        out.append(
+            Run(
+                "bench attention: full (shared-QK)",
+                "lesson 02, bench attention",
+                dict(kind="full"),
+                total // length,
+                length,
+                kind="attention",
+                optimizer=False,
+                shrink=False,
+                sweep=True,
+            )
+        )
     for reversible in (False, True):
-        out.append(Run(f"bench reversible: 12 {'reversible' if reversible else 'ordinary'} blocks", "bench reversible",
-                       dict(n_blocks=max(bench.DEPTHS), reversible=reversible, ff_chunk_size=512), 1, 4096,
-                       kind="stack", optimizer=False, shrink=False, sweep=True))
+        out.append(
+            Run(
+                f"bench reversible: 12 {'reversible' if reversible else 'ordinary'} blocks",
+                "bench reversible",
+                dict(n_blocks=max(bench.DEPTHS), reversible=reversible, ff_chunk_size=512),
+                1,
+                4096,
+                kind="stack",
+                optimizer=False,
+                shrink=False,
+                sweep=True,
+            )
+        )
     return out
 
 
@@ -185,8 +259,9 @@ def step_seconds(run, module, batch, length):
 
 @dataclass
 class Prediction:
-    """``static``: the parameters and gradients (and AdamW's two moments with a step's temporaries); a step's extra bytes
-    ``g + B (b0 + a L + c L^2)``; its seconds ``B (ta L + tc L^2)`` (``None``: not timed)."""
+    """``static``: the parameters and gradients (and AdamW's two moments with a step's temporaries); a step's extra
+    bytes ``g + B (b0 + a L + c L^2)``; its seconds ``B (ta L + tc L^2)`` (``None``: not timed)."""
+
     params: int  # bytes of the parameters
     optimizer: bool  # the run keeps AdamW's state
     g: float
@@ -212,10 +287,10 @@ class Prediction:
         return self.peak(batch, length) - self.params
 
     def step_bytes(self, batch, length):
-        return int(self.g + batch * (self.b0 + self.a * length + self.c * length ** 2))
+        return int(self.g + batch * (self.b0 + self.a * length + self.c * length**2))
 
     def seconds(self, batch, length):
-        return None if self.ta is None else batch * (self.ta * length + self.tc * length ** 2)
+        return None if self.ta is None else batch * (self.ta * length + self.tc * length**2)
 
 
 def quadratic(run):
@@ -253,7 +328,7 @@ def predict(run, lengths=None, *, time_it=True):
         (l0, v0), (l1, v1), (l2, v2) = points
         c = max(0.0, ((v2 - v1) / (l2 - l1) - (v1 - v0) / (l1 - l0)) / (l2 - l0))
         a = max(0.0, (v2 - v1) / (l2 - l1) - c * (l2 + l1))
-        b0 = max(0.0, v2 - a * l2 - c * l2 ** 2)
+        b0 = max(0.0, v2 - a * l2 - c * l2**2)
     else:  # linear: b0 + a L through the two longest probes
         (l0, v0), (l1, v1) = points[1:]
         a, c = max(0.0, (v1 - v0) / (l1 - l0)), 0.0
@@ -276,10 +351,18 @@ def verdict(run, prediction, memory):
         for micro in sorted((m for m in range(1, run.batch_size) if run.batch_size % m == 0), reverse=True):
             smaller = prediction.peak(micro, run.seq_len)
             if smaller <= budget:
-                return (f"fits with micro-batch {micro}", micro, smaller,
-                        f"batch {run.batch_size} as {run.batch_size // micro} accumulated micro-batches of {micro}")
-        return "skipped", None, prediction.peak(1, run.seq_len), (
-            f"needs {binary_bytes(prediction.peak(1, run.seq_len))} even at micro-batch 1")
+                return (
+                    f"fits with micro-batch {micro}",
+                    micro,
+                    smaller,
+                    f"batch {run.batch_size} as {run.batch_size // micro} accumulated micro-batches of {micro}",
+                )
+        return (
+            "skipped",
+            None,
+            prediction.peak(1, run.seq_len),
+            (f"needs {binary_bytes(prediction.peak(1, run.seq_len))} even at micro-batch 1"),
+        )
     if run.sweep:
         return "out of memory", None, peak, "the sweep marks this step out of memory and goes on"
     return "skipped", None, peak, f"needs {binary_bytes(peak)}"
@@ -301,9 +384,20 @@ def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True,
         seconds = prediction.seconds(micro or run.batch_size, run.seq_len)
         if seconds is not None and micro:
             seconds *= run.batch_size // micro  # every micro-batch is a forward and a backward
-        rows.append(dict(name=run.name, where=run.where, batch_size=run.batch_size, micro_batch=micro,
-                         seq_len=run.seq_len, peak_bytes=peak, verdict=name, reason=reason, seconds_per_step=seconds,
-                         hours=None if seconds is None or not run.steps else seconds * run.steps / 3600))
+        rows.append(
+            dict(
+                name=run.name,
+                where=run.where,
+                batch_size=run.batch_size,
+                micro_batch=micro,
+                seq_len=run.seq_len,
+                peak_bytes=peak,
+                verdict=name,
+                reason=reason,
+                seconds_per_step=seconds,
+                hours=None if seconds is None or not run.steps else seconds * run.steps / 3600,
+            )
+        )
     return rows
 
 
@@ -322,13 +416,27 @@ def format_plan(rows, memory):
     def number(value, spec):
         return "-" if value is None else format(value, spec)
 
-    table = [[r["name"], batch(r), r["seq_len"], binary_bytes(r["peak_bytes"]), number(r["seconds_per_step"], ".3g"),
-              number(r["hours"], ".2g"), r["verdict"] + (f" ({r['reason']})" if r["reason"] else "")] for r in rows]
-    return "\n".join([f"memory: {binary_bytes(memory)} (a run fits up to {HEADROOM:.0%} of it); peak = parameters + "
-                      "optimizer state + one step, float32, predicted from exact measurements at small lengths",
-                      format_table(["run", "batch", "L", "peak", "s/step", "hours", "verdict"], table, align="<>>>>><"),
-                      "s/step and hours: on this machine's CPU, from the probes' step times (a L + c L^2 per sample); "
-                      "a GPU is many times faster"])
+    table = [
+        [
+            r["name"],
+            batch(r),
+            r["seq_len"],
+            binary_bytes(r["peak_bytes"]),
+            number(r["seconds_per_step"], ".3g"),
+            number(r["hours"], ".2g"),
+            r["verdict"] + (f" ({r['reason']})" if r["reason"] else ""),
+        ]
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            f"memory: {binary_bytes(memory)} (a run fits up to {HEADROOM:.0%} of it); peak = parameters + "
+            "optimizer state + one step, float32, predicted from exact measurements at small lengths",
+            format_table(["run", "batch", "L", "peak", "s/step", "hours", "verdict"], table, align="<>>>>><"),
+            "s/step and hours: on this machine's CPU, from the probes' step times (a L + c L^2 per sample); "
+            "a GPU is many times faster",
+        ]
+    )
 
 
 def micro_batch_for(model, train, memory, *, vocab):
@@ -353,26 +461,42 @@ def dry_runs(scale="full", memory=None):
 
 
 def dry_run(scale="full", memory=None, *, only=None, progress=True):
-    """One training step of every training run of :func:`runs` at its real shapes on this machine (and the
-    longest step of each sweep model that fits, :func:`dry_runs`), with the micro-batch the plan picks for
-    ``memory`` (default: this machine's available RAM; ``only``: these runs): the configuration builds and
-    trains. A training run takes a :class:`~minireformer.train.Trainer` step, AdamW's first step included; a
-    sweep's step is a forward and backward with the gradients set afresh, as the sweep's own. Returns rows with the predicted and the measured (exact, CPU)
-    peak of that step, the parameters' gradients included."""
+    """One training step of every training run of :func:`runs` at its real shapes on this machine (and the longest step
+    of each sweep model that fits, :func:`dry_runs`), with the micro-batch the plan picks for ``memory`` (default: this
+    machine's available RAM; ``only``: these runs): the configuration builds and trains. A training run takes a
+    :class:`~minireformer.training.trainer.Trainer` step, AdamW's first step included; a sweep's step is a forward and
+    backward with the gradients set afresh, as the sweep's own. Returns rows with the predicted and the measured (exact,
+    CPU) peak of that step, the parameters' gradients included."""
     memory = device_memory("cpu") if memory is None else memory
     rows = []
     for run in tqdm(only if only is not None else dry_runs(scale, memory), desc="dry run", disable=not progress):
         prediction = predict(run, time_it=False)
         name, micro, _, reason = verdict(run, prediction, memory)
-        row = dict(name=run.name, seq_len=run.seq_len, batch_size=run.batch_size, micro_batch=micro, verdict=name,
-                   reason=reason, predicted_step_bytes=None, measured_step_bytes=None, seconds=None)
+        row = dict(
+            name=run.name,
+            seq_len=run.seq_len,
+            batch_size=run.batch_size,
+            micro_batch=micro,
+            verdict=name,
+            reason=reason,
+            predicted_step_bytes=None,
+            measured_step_bytes=None,
+            seconds=None,
+        )
         if micro is not None:
             model = {k: v for k, v in run.model.items() if k != "vocab_size"}
             if run.sweep:  # gradients made in the step
                 step = partial(training_step, build(run).train(), *step_inputs(run, micro, run.seq_len))
             else:  # one step of one micro-batch: the peak of a step with more is the same, and the CPU's time short
-                config = TrainConfig(task=run.task, seq_len=run.seq_len, batch_size=micro, steps=1, eval_every=1,
-                                     eval_batches=1, device="cpu")
+                config = TrainConfig(
+                    task=run.task,
+                    seq_len=run.seq_len,
+                    batch_size=micro,
+                    steps=1,
+                    eval_every=1,
+                    eval_batches=1,
+                    device="cpu",
+                )
                 step = Trainer(model, config).train_step
             with StoragePeak(torch.device("cpu")) as tracker, Stopwatch() as clock:
                 step()
@@ -388,9 +512,15 @@ def format_dry_run(rows):
     def row(r):
         if r["measured_step_bytes"] is None:
             return [r["name"], "-", r["seq_len"], f"{r['verdict']} ({r['reason']})", "", "", ""]
-        return [r["name"], r["micro_batch"], r["seq_len"], binary_bytes(r["predicted_step_bytes"]),
-                binary_bytes(r["measured_step_bytes"]), f"{r['predicted_step_bytes'] / r['measured_step_bytes']:.2f}",
-                f"{r['seconds']:.1f}"]
+        return [
+            r["name"],
+            r["micro_batch"],
+            r["seq_len"],
+            binary_bytes(r["predicted_step_bytes"]),
+            binary_bytes(r["measured_step_bytes"]),
+            f"{r['predicted_step_bytes'] / r['measured_step_bytes']:.2f}",
+            f"{r['seconds']:.1f}",
+        ]
 
     header = ["run", "micro", "L", "predicted", "measured", "ratio", "step s"]
     return format_table(header, [row(r) for r in rows], align="<>>>>>>")
@@ -398,16 +528,23 @@ def format_dry_run(rows):
 
 # ---- the command line: python -m minireformer plan ---------------------------------------------------------------
 def add_arguments(parser):
-    parser.description = ("Every run the lessons and commands make at a scale, with its predicted peak memory and "
-                          "time per step on this machine's CPU, and whether it fits a device of --memory bytes.")
+    parser.description = (
+        "Every run the lessons and commands make at a scale, with its predicted peak memory and "
+        "time per step on this machine's CPU, and whether it fits a device of --memory bytes."
+    )
     parser.add_argument("--scale", choices=["quick", "full"], default="full", help="(default %(default)s)")
-    parser.add_argument("--memory", help="the device's size, like 24GiB or 80GB (default: CUDA's free memory, "
-                                         "else this machine's available RAM)")
+    parser.add_argument(
+        "--memory",
+        help="the device's size, like 24GiB or 80GB (default: CUDA's free memory, else this machine's available RAM)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (a list of objects)")
     parser.add_argument("--no-time", action="store_true", help="skip timing the probes (faster; no s/step)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="also take one training step of every training run at its real shapes on this CPU "
-                             "(micro-batch sized to this machine's RAM), predicted against measured peak")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="also take one training step of every training run at its real shapes on this CPU "
+        "(micro-batch sized to this machine's RAM), predicted against measured peak",
+    )
     return parser
 
 

@@ -19,18 +19,24 @@ EVAL_ATTENTIONS = ("full", "lsh-8", "lsh-4", "lsh-2", "lsh-1")  # its columns
 # 2 heads of 64 dimensions (so a full-attention model need not align the copy pair closely) bring back the
 # paper's falling first row; minireformer/records/table2_quick.json is the committed run.
 DUPLICATION_SCALES = {
-    "lesson": {"model": dict(d_model=128, d_ff=128, n_heads=4, n_layers=1, chunk_len=32),
-               "train": dict(seq_len=128, steps=400, batch_size=16, lr=3e-3, warmup=50, eval_every=100,
-                             eval_batches=4),
-               "table_batches": 16, "threads": 1},  # one thread: this small model gains nothing from more
-    "quick": {"model": dict(d_model=128, d_ff=128, n_heads=2, n_layers=1, chunk_len=16, n_buckets=64),
-              "train": dict(seq_len=256, steps=1000, batch_size=16, lr=3e-3, warmup=50, eval_every=100,
-                            eval_batches=4),
-              "table_batches": 16, "threads": 1},
-    "full": {"model": dict(d_model=256, d_ff=256, n_heads=4, n_layers=1, chunk_len=64),
-             "train": dict(seq_len=1024, steps=20_000, batch_size=32, lr=1e-3, warmup=1000, eval_every=1000,
-                           eval_batches=4),
-             "table_batches": 32, "threads": None},
+    "lesson": {
+        "model": dict(d_model=128, d_ff=128, n_heads=4, n_layers=1, chunk_len=32),
+        "train": dict(seq_len=128, steps=400, batch_size=16, lr=3e-3, warmup=50, eval_every=100, eval_batches=4),
+        "table_batches": 16,
+        "threads": 1,
+    },  # one thread: this small model gains nothing from more
+    "quick": {
+        "model": dict(d_model=128, d_ff=128, n_heads=2, n_layers=1, chunk_len=16, n_buckets=64),
+        "train": dict(seq_len=256, steps=1000, batch_size=16, lr=3e-3, warmup=50, eval_every=100, eval_batches=4),
+        "table_batches": 16,
+        "threads": 1,
+    },
+    "full": {
+        "model": dict(d_model=256, d_ff=256, n_heads=4, n_layers=1, chunk_len=64),
+        "train": dict(seq_len=1024, steps=20_000, batch_size=32, lr=1e-3, warmup=1000, eval_every=1000, eval_batches=4),
+        "table_batches": 32,
+        "threads": None,
+    },
 }
 
 
@@ -70,9 +76,12 @@ SWEEP = ("Reformer", "shared-QK Transformer", "Transformer")
 
 # The small Reformer whose weights ship with the course (minireformer/records/sampler.pt, about 2 MB), so that
 # lesson 07 samples words and not only the byte statistics of a hundred steps: `longseq --parts sampler`.
-SAMPLER_SETTINGS = {"sampler": dict(
-    model=dict(d_model=128, n_heads=4, d_ff=256, n_layers=3, chunk_len=32, n_rounds=2),
-    train=dict(seq_len=128, batch_size=16, steps=2500, lr=2e-3, warmup=100, eval_every=250, eval_batches=8))}
+SAMPLER_SETTINGS = {
+    "sampler": dict(
+        model=dict(d_model=128, n_heads=4, d_ff=256, n_layers=3, chunk_len=32, n_rounds=2),
+        train=dict(seq_len=128, batch_size=16, steps=2500, lr=2e-3, warmup=100, eval_every=250, eval_batches=8),
+    )
+}
 SAMPLER = RECORDS / "sampler.pt"
 
 
@@ -90,11 +99,13 @@ def longseq_settings(scale=None):
             "scale": "quick",
             "model": model,
             "train": dict(seq_len=256, batch_size=8, steps=100, lr=3e-3, warmup=10, eval_every=10, eval_batches=2),
-            "sweep": dict(lengths=(256, 512, 1024, 2048, 4096, 8192), batch_size=1, memory_budget=512 * MiB,
-                          time_budget=20.0),
-            "long": dict(model=dict(model, axial_shape=(32, 64)),
-                         train=dict(seq_len=2048, batch_size=1, steps=40, lr=3e-3, warmup=10, eval_every=20,
-                                    eval_batches=1)),
+            "sweep": dict(
+                lengths=(256, 512, 1024, 2048, 4096, 8192), batch_size=1, memory_budget=512 * MiB, time_budget=20.0
+            ),
+            "long": dict(
+                model=dict(model, axial_shape=(32, 64)),
+                train=dict(seq_len=2048, batch_size=1, steps=40, lr=3e-3, warmup=10, eval_every=20, eval_batches=1),
+            ),
             "seeds": (0, 1, 2),  # Figure 3: every curve from three seeds, drawn with their spread
             **SAMPLER_SETTINGS,
         }
@@ -105,11 +116,13 @@ def longseq_settings(scale=None):
         "model": model,
         # curves at a length where full attention still fits on one GPU, so both can be compared
         "train": dict(seq_len=4096, batch_size=8, steps=2000, lr=5e-4, warmup=200, eval_every=200, eval_batches=8),
-        "sweep": dict(lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536), batch_size=1, memory_budget=None,
-                      time_budget=60.0),
-        "long": dict(model=dict(model, axial_shape=(256, 256)),
-                     train=dict(seq_len=65536, batch_size=1, steps=2000, lr=5e-4, warmup=200, eval_every=200,
-                                eval_batches=4)),
+        "sweep": dict(
+            lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536), batch_size=1, memory_budget=None, time_budget=60.0
+        ),
+        "long": dict(
+            model=dict(model, axial_shape=(256, 256)),
+            train=dict(seq_len=65536, batch_size=1, steps=2000, lr=5e-4, warmup=200, eval_every=200, eval_batches=4),
+        ),
         "seeds": (0, 1, 2),
         **SAMPLER_SETTINGS,
     }
@@ -121,5 +134,3 @@ def variants(names):
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     return {name: VARIANTS[name] for name in names}
-
-

@@ -75,8 +75,9 @@ class TrainConfig:
         if not self.grad_clip >= 0 or not self.weight_decay >= 0:
             raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}")
         wanted = f"a positive integer that divides batch_size ({self.batch_size})"
-        if self.micro_batch_size is not None and self.batch_size % check_int("micro_batch_size", self.micro_batch_size,
-                                                                             wanted=wanted):
+        if self.micro_batch_size is not None and self.batch_size % check_int(
+            "micro_batch_size", self.micro_batch_size, wanted=wanted
+        ):
             raise ValueError(f"micro_batch_size must be {wanted}, got {self.micro_batch_size!r}")
         if self.task == "duplication" and self.seq_len % 2:
             raise ValueError(f"seq_len must be even for the duplication task (0 w 0 w), got {self.seq_len}")
@@ -88,7 +89,7 @@ def collective_device(device):
     return device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
 
 
-def mean_over_processes(*values, device=torch.device("cpu")):
+def mean_over_processes(*values, device="cpu"):
     """The mean of each number over the processes of a ``torchrun`` job (the numbers themselves otherwise);
     ``device``: this process's device (the numbers travel through it under NCCL)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -101,6 +102,7 @@ def mean_over_processes(*values, device=torch.device("cpu")):
 @dataclass
 class Processes:
     """This process's place in a ``torchrun`` job (alone: rank 0 of 1) and the device it trains on."""
+
     device: torch.device
     rank: int = 0
     world: int = 1
@@ -154,6 +156,7 @@ class RandomStream:
 
 class MetricsFile:
     """``metrics.csv`` in ``out_dir`` (nothing when ``out_dir`` is None or this is not the first process)."""
+
     COLUMNS = ["step", "split", "loss", "accuracy", "bits_per_byte", "tokens_per_s", "elapsed_s"]
 
     def __init__(self, out_dir, rank=0):
@@ -197,7 +200,9 @@ def load_checkpoint(path):
     try:  # weights_only: tensors and plain Python values only, never arbitrary pickled code
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, overwritten or not a torch file at all
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch file ({type(error).__name__}: {error})"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a minireformer checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     missing = {"model_config", "train_config", "step", "model", "optimizer", "scheduler", "rng"} - set(checkpoint)
@@ -246,8 +251,10 @@ class Trainer:
             raise ValueError(f"batch_size ({c.batch_size}) must be divisible by the number of processes ({self.world})")
         self.micro = c.micro_batch_size or c.batch_size // self.world
         if (c.batch_size // self.world) % self.micro:
-            raise ValueError(f"micro_batch_size ({self.micro}) must divide each process's share of the batch "
-                             f"({c.batch_size // self.world})")
+            raise ValueError(
+                f"micro_batch_size ({self.micro}) must divide each process's share of the batch "
+                f"({c.batch_size // self.world})"
+            )
         if c.task == "text":
             self.corpus = ByteCorpus(load_corpus(c.corpus))
             self.corpus.check_length(c.seq_len)  # now, not at the first step
@@ -260,7 +267,9 @@ class Trainer:
         with self.random():
             self.model = ReformerLM(config=ReformerConfig(**self.model_config)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / max(1, c.warmup)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / max(1, c.warmup))
+        )
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step, self.metrics = 0, []
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -287,7 +296,7 @@ class Trainer:
         else:
             tokens = self.corpus.batch(split, size, c.seq_len, generator=generator)
         share = size // self.world
-        return tokens[self.rank * share:(self.rank + 1) * share].to(self.device)
+        return tokens[self.rank * share : (self.rank + 1) * share].to(self.device)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -315,12 +324,16 @@ class Trainer:
                 # averaged over the processes, so every process sees the same number and stops together
                 loss_value, accuracy_value = mean_over_processes(loss.item(), accuracy.item(), device=self.device)
                 if not math.isfinite(loss_value):
-                    where = (f"the last checkpoint is in {self.out_dir}" if self.out_dir is not None
-                             else "no checkpoint is kept")
+                    where = (
+                        f"the last checkpoint is in {self.out_dir}"
+                        if self.out_dir is not None
+                        else "no checkpoint is kept"
+                    )
                     raise FloatingPointError(
                         f"the loss became {loss_value} at step {self.step + 1}; stopping. Try a lower lr (now "
                         f"{self.config.lr}) or stronger gradient clipping (grad_clip now {self.config.grad_clip}); "
-                        f"{where}")
+                        f"{where}"
+                    )
                 (loss / len(pieces)).backward()
             losses.append(loss_value)
             accuracies.append(accuracy_value)
@@ -347,8 +360,9 @@ class Trainer:
                 losses.append(loss.item())
                 accuracies.append(accuracy.item())
         model.train(was_training)
-        loss, accuracy = mean_over_processes(sum(losses) / len(losses), sum(accuracies) / len(accuracies),
-                                             device=self.device)
+        loss, accuracy = mean_over_processes(
+            sum(losses) / len(losses), sum(accuracies) / len(accuracies), device=self.device
+        )
         result = {"loss": loss, "accuracy": accuracy}
         if self.config.task == "text":
             result["bits_per_byte"] = result["loss"] / math.log(2)
@@ -371,8 +385,9 @@ class Trainer:
                 rate = tokens_per_step * (self.step - first) / max(elapsed, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
-                self.record(step=self.step, split="train", loss=loss, accuracy=accuracy, tokens_per_s=rate,
-                            elapsed_s=elapsed)
+                self.record(
+                    step=self.step, split="train", loss=loss, accuracy=accuracy, tokens_per_s=rate, elapsed_s=elapsed
+                )
                 if self.step % c.eval_every == 0 or self.step == c.steps:
                     self.record(step=self.step, split="val", elapsed_s=elapsed, **self.evaluate())
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
@@ -394,17 +409,28 @@ class Trainer:
     def save(self, path=None):
         if self.rank != 0 or (path is None and self.out_dir is None):
             return
-        save_atomically({
-            "format": CHECKPOINT_FORMAT, "model_config": self.model_config, "train_config": asdict(self.config),
-            "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": dict(self.random.states, data=self.generator.get_state()),
-            "metrics": self.metrics,
-        }, path or self.out_dir / "checkpoint.pt")
+        save_atomically(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model_config": self.model_config,
+                "train_config": asdict(self.config),
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": dict(self.random.states, data=self.generator.get_state()),
+                "metrics": self.metrics,
+            },
+            path or self.out_dir / "checkpoint.pt",
+        )
 
     def load(self, path):
         checkpoint = load_checkpoint(path)
-        differ = {k: (v, self.model_config.get(k)) for k, v in checkpoint["model_config"].items()
-                  if self.model_config.get(k) != v}
+        differ = {
+            k: (v, self.model_config.get(k))
+            for k, v in checkpoint["model_config"].items()
+            if self.model_config.get(k) != v
+        }
         if differ:
             detail = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise CheckpointError(f"checkpoint {path} was made for a different model ({detail})")
@@ -417,8 +443,10 @@ class Trainer:
             with self.random():  # checks the states now rather than at the first step
                 pass
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
-            raise CheckpointError(f"checkpoint {path} does not fit this model or optimizer "
-                                  f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model or optimizer "
+                f"({type(error).__name__}: {str(error).splitlines()[0]})"
+            ) from None
         self.step, self.metrics = checkpoint["step"], list(checkpoint.get("metrics", []))
         self.csv.rewrite(self.metrics)
 
@@ -439,15 +467,20 @@ def evaluate_checkpoint(path, *, attention=None, n_rounds=None, batches=None, de
     try:
         trainer.model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path}: the weights do not fit its own model config "
-                              f"({str(error).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"checkpoint {path}: the weights do not fit its own model config ({str(error).splitlines()[0]})"
+        ) from None
     if n_rounds is not None and attention is None:
         attention = "lsh"
     if attention is not None:
         trainer.model.use_attention(attention, n_rounds)
     used = trainer.model.attention_layers()[0].fn
-    return {"step": checkpoint["step"], "attention": "lsh" if hasattr(used, "n_rounds") else "full",
-            "n_rounds": getattr(used, "n_rounds", None), **trainer.evaluate(batches)}
+    return {
+        "step": checkpoint["step"],
+        "attention": "lsh" if hasattr(used, "n_rounds") else "full",
+        "n_rounds": getattr(used, "n_rounds", None),
+        **trainer.evaluate(batches),
+    }
 
 
 # ---- the command line: python -m minireformer train | eval ----------------------------------------------------
@@ -467,54 +500,117 @@ def add_train_arguments(parser):
     options keep its defaults) and the run (:class:`TrainConfig`)."""
     t = TrainConfig
     run = parser.add_argument_group("task and run")
-    run.add_argument("--task", choices=["duplication", "text"], default=t.task,
-                     help="duplication: the paper's 0w0w copy task; text: byte-level LM (default %(default)s)")
-    run.add_argument("--corpus", help="text task: a text file (e.g. enwik8); default: the Python standard library's source")
+    run.add_argument(
+        "--task",
+        choices=["duplication", "text"],
+        default=t.task,
+        help="duplication: the paper's 0w0w copy task; text: byte-level LM (default %(default)s)",
+    )
+    run.add_argument(
+        "--corpus", help="text task: a text file (e.g. enwik8); default: the Python standard library's source"
+    )
     run.add_argument("--out", help="folder for checkpoint.pt, metrics.csv and metrics.json (default runs/TASK)")
     run.add_argument("--resume", action="store_true", help="continue the checkpoint in --out, exactly")
     run.add_argument("--steps", type=positive_int, default=t.steps, help="(default %(default)s)")
-    run.add_argument("--batch-size", type=positive_int, default=t.batch_size,
-                     help="global batch, split over torchrun's processes (default %(default)s)")
-    run.add_argument("--micro-batch-size", type=positive_int,
-                     help="train each process's share of the batch in pieces of this size, gradients accumulated "
-                          "(less memory, the same global batch; default: the whole share at once)")
+    run.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=t.batch_size,
+        help="global batch, split over torchrun's processes (default %(default)s)",
+    )
+    run.add_argument(
+        "--micro-batch-size",
+        type=positive_int,
+        help="train each process's share of the batch in pieces of this size, gradients accumulated "
+        "(less memory, the same global batch; default: the whole share at once)",
+    )
     run.add_argument("--seq-len", type=positive_int, default=t.seq_len, help="(default %(default)s)")
     run.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate after warm-up (default %(default)s)")
-    run.add_argument("--warmup", type=non_negative_int, default=t.warmup, help="linear warm-up steps (default %(default)s)")
+    run.add_argument(
+        "--warmup", type=non_negative_int, default=t.warmup, help="linear warm-up steps (default %(default)s)"
+    )
     run.add_argument("--weight-decay", type=float, default=t.weight_decay, help="(default %(default)s)")
-    run.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm, 0: off (default %(default)s)")
+    run.add_argument(
+        "--grad-clip", type=float, default=t.grad_clip, help="max gradient norm, 0: off (default %(default)s)"
+    )
     run.add_argument("--eval-every", type=positive_int, default=t.eval_every, help="(default %(default)s)")
     run.add_argument("--eval-batches", type=positive_int, default=t.eval_batches, help="(default %(default)s)")
-    run.add_argument("--checkpoint-every", type=non_negative_int, default=t.checkpoint_every,
-                     help="0: only at the end and on Ctrl-C (default %(default)s)")
+    run.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=t.checkpoint_every,
+        help="0: only at the end and on Ctrl-C (default %(default)s)",
+    )
     run.add_argument("--seed", type=int, default=t.seed, help="(default %(default)s)")
-    run.add_argument("--n-symbols", type=positive_int, default=t.n_symbols,
-                     help="duplication: w is drawn from 1..N (default %(default)s, as the paper)")
+    run.add_argument(
+        "--n-symbols",
+        type=positive_int,
+        default=t.n_symbols,
+        help="duplication: w is drawn from 1..N (default %(default)s, as the paper)",
+    )
     run.add_argument("--device", default=t.device, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    run.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
-                     help="wrap the model in torch.compile (BACKEND: e.g. aot_eager; default: inductor)")
+    run.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BACKEND",
+        help="wrap the model in torch.compile (BACKEND: e.g. aot_eager; default: inductor)",
+    )
     run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     m, model = ReformerConfig, parser.add_argument_group("model (unset: the ReformerConfig default)")
-    for name, kind, text in [("d_model", positive_int, ""), ("n_heads", positive_int, ""), ("d_ff", positive_int, ""),
-                             ("n_layers", positive_int, ""), ("n_rounds", positive_int, "hash rounds of LSH attention"),
-                             ("chunk_len", positive_int, "LSH chunk length"),
-                             ("n_buckets", positive_int, "even; unset: 2 L / chunk_len"),
-                             ("ff_chunk_size", positive_int, "feed-forward chunk; unset: unchunked"),
-                             ("dropout", float, "")]:
-        model.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {getattr(m, name)})".strip())
+    for name, kind, text in [
+        ("d_model", positive_int, ""),
+        ("n_heads", positive_int, ""),
+        ("d_ff", positive_int, ""),
+        ("n_layers", positive_int, ""),
+        ("n_rounds", positive_int, "hash rounds of LSH attention"),
+        ("chunk_len", positive_int, "LSH chunk length"),
+        ("n_buckets", positive_int, "even; unset: 2 L / chunk_len"),
+        ("ff_chunk_size", positive_int, "feed-forward chunk; unset: unchunked"),
+        ("dropout", float, ""),
+    ]:
+        model.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {getattr(m, name)})".strip()
+        )
     model.add_argument("--attention", choices=["lsh", "full"], help=f"(default {m.attention})")
-    model.add_argument("--reversible", action=argparse.BooleanOptionalAction,
-                       help=f"reversible residual layers (default {m.reversible})")
-    model.add_argument("--shared-qk", action=argparse.BooleanOptionalAction,
-                       help=f"full attention: one projection for Q and K (default {m.shared_qk}; LSH needs it)")
+    model.add_argument(
+        "--reversible",
+        action=argparse.BooleanOptionalAction,
+        help=f"reversible residual layers (default {m.reversible})",
+    )
+    model.add_argument(
+        "--shared-qk",
+        action=argparse.BooleanOptionalAction,
+        help=f"full attention: one projection for Q and K (default {m.shared_qk}; LSH needs it)",
+    )
     model.add_argument("--merge", choices=["mean", "concat"], help=f"reversible streams' merge (default {m.merge})")
-    model.add_argument("--axial-shape", type=positive_int, nargs=2, metavar=("ROWS", "COLS"),
-                       help="axial position embeddings with ROWS * COLS >= seq_len (default: learned positions)")
+    model.add_argument(
+        "--axial-shape",
+        type=positive_int,
+        nargs=2,
+        metavar=("ROWS", "COLS"),
+        help="axial position embeddings with ROWS * COLS >= seq_len (default: learned positions)",
+    )
     return parser
 
 
-MODEL_OPTIONS = ("d_model", "n_heads", "d_ff", "n_layers", "n_rounds", "chunk_len", "n_buckets", "ff_chunk_size",
-                 "dropout", "attention", "reversible", "shared_qk", "merge", "axial_shape")
+MODEL_OPTIONS = (
+    "d_model",
+    "n_heads",
+    "d_ff",
+    "n_layers",
+    "n_rounds",
+    "chunk_len",
+    "n_buckets",
+    "ff_chunk_size",
+    "dropout",
+    "attention",
+    "reversible",
+    "shared_qk",
+    "merge",
+    "axial_shape",
+)
 
 
 def configs_from_args(args):
@@ -555,7 +651,9 @@ def train_from_args(args, parser):
 
 def add_eval_arguments(parser):
     parser.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train")
-    parser.add_argument("--attention", choices=["lsh", "full"], help="evaluate with this attention (default: as trained)")
+    parser.add_argument(
+        "--attention", choices=["lsh", "full"], help="evaluate with this attention (default: as trained)"
+    )
     parser.add_argument("--n-rounds", type=positive_int, help="hash rounds for LSH attention (implies --attention lsh)")
     parser.add_argument("--batches", type=positive_int, help="evaluation batches (default: the run's eval_batches)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -571,8 +669,9 @@ def eval_from_args(args, parser):
     except ValueError as error:
         parser.error(f"--device: {error}")
     try:
-        result = evaluate_checkpoint(args.checkpoint, attention=args.attention, n_rounds=args.n_rounds,
-                                     batches=args.batches, device=args.device)
+        result = evaluate_checkpoint(
+            args.checkpoint, attention=args.attention, n_rounds=args.n_rounds, batches=args.batches, device=args.device
+        )
     except (CheckpointError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")
     print(json.dumps(result))

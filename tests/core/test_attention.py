@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from minireformer.attention import FullSelfAttention, LSHSelfAttention, default_n_buckets, dense_attention, full_attention
+from minireformer.attention import (
+    FullSelfAttention,
+    LSHSelfAttention,
+    default_n_buckets,
+    dense_attention,
+    full_attention,
+)
 from minireformer.lsh import HF, Conventions
 
 
@@ -58,12 +64,15 @@ def test_default_n_buckets_is_two_per_chunk():
 
 
 # ---- modules --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", [
-    LSHSelfAttention(32, 4, n_rounds=2, chunk_len=8),
-    LSHSelfAttention(32, 4, n_rounds=2, chunk_len=8, n_buckets=6, causal=True, look_back=2, dedup=True),
-    FullSelfAttention(32, 4),
-    FullSelfAttention(32, 4, causal=True, shared_qk=False),
-])
+@pytest.mark.parametrize(
+    "module",
+    [
+        LSHSelfAttention(32, 4, n_rounds=2, chunk_len=8),
+        LSHSelfAttention(32, 4, n_rounds=2, chunk_len=8, n_buckets=6, causal=True, look_back=2, dedup=True),
+        FullSelfAttention(32, 4),
+        FullSelfAttention(32, 4, causal=True, shared_qk=False),
+    ],
+)
 def test_modules_map_b_l_d_model_to_itself_and_train(module):
     x = randn(3, 37, 32, dtype=torch.float32)  # 37: not a multiple of chunk_len
     out = module(x)
@@ -146,5 +155,3 @@ def test_dropout_acts_on_the_output_only_in_training():
     assert not torch.equal(module(x), module(x))
     module.eval()
     assert torch.equal(module(x), module(x))
-
-

@@ -77,8 +77,9 @@ def test_chunking_also_applies_inside_the_reversible_backward():
 
     def peak(chunk_size):
         torch.manual_seed(0)
-        seq = ReversibleSequence([RevBlock(nn.Linear(32, 32), FeedForward(32, 1024, chunk_size=chunk_size))
-                                  for _ in range(2)])
+        seq = ReversibleSequence(
+            [RevBlock(nn.Linear(32, 32), FeedForward(32, 1024, chunk_size=chunk_size)) for _ in range(2)]
+        )
         return peak_memory(lambda: merge(*seq(x, x)).sum().backward())
 
     assert peak(64) < 0.3 * peak(None)

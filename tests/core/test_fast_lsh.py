@@ -6,12 +6,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from minireformer import fast_lsh
-from minireformer.fast_lsh import (HASH_GROUP, BucketTape, blocked_attention, fast_lsh_attention, hash_block,
-                                   hash_buckets)
+from minireformer.fast_lsh import (
+    HASH_GROUP,
+    BucketTape,
+    blocked_attention,
+    fast_lsh_attention,
+    hash_block,
+    hash_buckets,
+)
 from minireformer.hashing import hash_vectors, random_rotations
 from minireformer.lsh import Conventions, lsh_attention, lsh_attention_reference
 from tests.helpers import assert_equal_results, make_inputs, outputs_and_grads
-
 
 
 @pytest.mark.parametrize("n_buckets", [32, 256])  # one group of columns, and 4 groups of HASH_GROUP
@@ -48,10 +53,17 @@ def test_fast_hash_equals_hash_vectors(n_buckets):
 @pytest.mark.parametrize("causal", [False, True])
 def test_fast_path_matches_the_readable_one(causal, n_rounds, look_back, same_bucket_only, dedup, length):
     qk, v, rotations = make_inputs(length, n_rounds=n_rounds, n_buckets=4, seed=n_rounds * 100 + look_back)
-    kw = dict(chunk_len=8, causal=causal, look_back=look_back, dedup=dedup,
-              conventions=Conventions(same_bucket_only=same_bucket_only))
-    assert_equal_results(outputs_and_grads(fast_lsh_attention, qk, v, rotations, **kw),
-                         outputs_and_grads(lsh_attention, qk, v, rotations, **kw))
+    kw = dict(
+        chunk_len=8,
+        causal=causal,
+        look_back=look_back,
+        dedup=dedup,
+        conventions=Conventions(same_bucket_only=same_bucket_only),
+    )
+    assert_equal_results(
+        outputs_and_grads(fast_lsh_attention, qk, v, rotations, **kw),
+        outputs_and_grads(lsh_attention, qk, v, rotations, **kw),
+    )
 
 
 @pytest.mark.parametrize("length", [32, 29])
@@ -59,15 +71,22 @@ def test_fast_path_matches_the_readable_one(causal, n_rounds, look_back, same_bu
 @pytest.mark.parametrize("look_back", [1, 2])
 @pytest.mark.parametrize("n_rounds", [1, 2, 3])
 @pytest.mark.parametrize("causal", [False, True])
-def test_fast_path_matches_the_readable_one_with_the_anchors_conventions(causal, n_rounds, look_back,
-                                                                          same_bucket_only, length):
+def test_fast_path_matches_the_readable_one_with_the_anchors_conventions(
+    causal, n_rounds, look_back, same_bucket_only, length
+):
     qk, v, _ = make_inputs(length, n_rounds=n_rounds, batch=(2, 3), seed=7 * n_rounds + look_back)
     per_head = random_rotations(8, 4, 3 * n_rounds, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     per_head = per_head.unflatten(0, (3, n_rounds))  # [heads, rounds, d, n_buckets / 2]
-    kw = dict(chunk_len=8, causal=causal, look_back=look_back,
-              conventions=Conventions(scale=1.0, key_eps=1e-6, same_bucket_only=same_bucket_only, concat_rounds=True))
-    assert_equal_results(outputs_and_grads(fast_lsh_attention, qk, v, per_head, **kw),
-                         outputs_and_grads(lsh_attention, qk, v, per_head, **kw))
+    kw = dict(
+        chunk_len=8,
+        causal=causal,
+        look_back=look_back,
+        conventions=Conventions(scale=1.0, key_eps=1e-6, same_bucket_only=same_bucket_only, concat_rounds=True),
+    )
+    assert_equal_results(
+        outputs_and_grads(fast_lsh_attention, qk, v, per_head, **kw),
+        outputs_and_grads(lsh_attention, qk, v, per_head, **kw),
+    )
 
 
 @pytest.mark.parametrize("chunk_len, look_back", [(5, 1), (3, 2), (40, 1), (1, 3)])
@@ -77,8 +96,10 @@ def test_fast_path_matches_the_reference_in_many_blocks(monkeypatch, chunk_len, 
     monkeypatch.setattr(fast_lsh, "HASH_BLOCK", 50)
     qk, v, rotations = make_inputs(37, n_rounds=3, n_buckets=6, batch=(2, 3), seed=chunk_len)
     kw = dict(chunk_len=chunk_len, causal=True, look_back=look_back, dedup=True)
-    assert_equal_results(outputs_and_grads(fast_lsh_attention, qk, v, rotations, **kw),
-                         outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw))
+    assert_equal_results(
+        outputs_and_grads(fast_lsh_attention, qk, v, rotations, **kw),
+        outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw),
+    )
 
 
 def test_hash_buckets_in_slices_are_the_buckets_of_hash_vectors(monkeypatch):
@@ -166,8 +187,9 @@ def test_half_precision_is_finite(dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
     out.float().sum().backward()
     assert torch.isfinite(qk.grad).all() and torch.isfinite(v.grad).all()
-    reference = lsh_attention_reference(qk.double(), v.double(), rotations.double(), chunk_len=16, causal=True,
-                                        dedup=True)
+    reference = lsh_attention_reference(
+        qk.double(), v.double(), rotations.double(), chunk_len=16, causal=True, dedup=True
+    )
     # not equal to float64 (the buckets may differ where rounding changes an argmax) but close on average
     assert (out.double() - reference).abs().mean() < 0.05
 

@@ -3,14 +3,24 @@
 import pytest
 import torch
 
-from minireformer.training.data import decode_bytes, encode_text
 from minireformer.model import ReformerLM, generate
+from minireformer.training.data import decode_bytes, encode_text
 
 
 def tiny(attention="lsh", **options):
     torch.manual_seed(0)
-    return ReformerLM(256, d_model=32, n_heads=2, d_ff=64, n_layers=2, max_len=32, chunk_len=8, n_rounds=2,
-                      attention=attention, **options)
+    return ReformerLM(
+        256,
+        d_model=32,
+        n_heads=2,
+        d_ff=64,
+        n_layers=2,
+        max_len=32,
+        chunk_len=8,
+        n_rounds=2,
+        attention=attention,
+        **options,
+    )
 
 
 def greedy_reference(model, prompt, n_new):
@@ -18,7 +28,7 @@ def greedy_reference(model, prompt, n_new):
     tokens = prompt[None]
     for _ in range(n_new):
         with torch.no_grad():
-            logits = model(tokens[:, -model.config.max_len:])[:, -1]
+            logits = model(tokens[:, -model.config.max_len :])[:, -1]
         tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
     return tokens[0]
 
@@ -52,7 +62,9 @@ def test_top_k_1_is_greedy_and_a_low_temperature_is_nearly_so():
     greedy = greedy_reference(model, prompt, 10)
     assert torch.equal(generate(model, prompt, 10, top_k=1, generator=torch.Generator().manual_seed(5)), greedy)
     assert torch.equal(generate(model, prompt, 10, top_k=1, temperature=3.0), greedy)  # whatever the temperature
-    assert torch.equal(generate(model, prompt, 10, temperature=1e-4, generator=torch.Generator().manual_seed(5)), greedy)
+    assert torch.equal(
+        generate(model, prompt, 10, temperature=1e-4, generator=torch.Generator().manual_seed(5)), greedy
+    )
     hot = generate(model, prompt, 10, temperature=100.0, generator=torch.Generator().manual_seed(5))
     assert not torch.equal(hot, greedy)  # at a high temperature nearly uniform over 256 bytes
 
@@ -62,8 +74,12 @@ def test_top_k_only_draws_from_the_k_most_likely():
     prompt = encode_text("x")
     with torch.no_grad():
         allowed = model(prompt[None])[0, -1].topk(3).indices
-    draws = torch.stack([generate(model, prompt, 1, top_k=3, temperature=50.0,
-                                  generator=torch.Generator().manual_seed(s))[-1] for s in range(40)])
+    draws = torch.stack(
+        [
+            generate(model, prompt, 1, top_k=3, temperature=50.0, generator=torch.Generator().manual_seed(s))[-1]
+            for s in range(40)
+        ]
+    )
     assert set(draws.tolist()) <= set(allowed.tolist())
     assert len(set(draws.tolist())) > 1  # and not always the same one: the temperature flattens the three
 

@@ -125,5 +125,3 @@ def test_half_precision_hashes_like_float32_almost_everywhere():
     rotations = random_rotations(64, 8, generator=g)
     agree = (hash_vectors(x.bfloat16(), rotations) == hash_vectors(x, rotations)).double().mean()
     assert agree > 0.95  # only near-ties at cone borders may flip
-
-

@@ -108,8 +108,13 @@ def test_steps_compose_to_lsh_attention():
     k, values = look_back_chunks(k, look_back, dim=-3), look_back_chunks(values, look_back, dim=-3)  # [.., w, d]
     positions = split_chunks(sorted_pos, chunk_len)
     sorted_buckets = split_chunks(buckets.gather(-1, sorted_pos), chunk_len)
-    allowed = chunk_mask(positions, look_back_chunks(positions, look_back), sorted_buckets,
-                         look_back_chunks(sorted_buckets, look_back), length=length)
+    allowed = chunk_mask(
+        positions,
+        look_back_chunks(positions, look_back),
+        sorted_buckets,
+        look_back_chunks(sorted_buckets, look_back),
+        length=length,
+    )
     out, lse = attend(q, k, values, allowed)  # [b, r, n_chunks, c, d], [b, r, n_chunks, c]
     out = unsort(out.flatten(2, 3), undo)[..., :length, :]  # [b, r, L, d]
     lse = lse.flatten(2).gather(-1, undo)[..., :length]  # [b, r, L]
@@ -131,10 +136,17 @@ def test_steps_compose_to_lsh_attention():
 @pytest.mark.parametrize("causal", [False, True])
 def test_readable_matches_reference(causal, n_rounds, look_back, same_bucket_only, dedup, length):
     qk, v, rotations = make_inputs(length, n_rounds=n_rounds, n_buckets=4, seed=n_rounds * 100 + look_back)
-    kw = dict(chunk_len=8, causal=causal, look_back=look_back, dedup=dedup,
-              conventions=Conventions(same_bucket_only=same_bucket_only))
-    assert_equal_results(outputs_and_grads(lsh_attention, qk, v, rotations, **kw),
-                         outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw))
+    kw = dict(
+        chunk_len=8,
+        causal=causal,
+        look_back=look_back,
+        dedup=dedup,
+        conventions=Conventions(same_bucket_only=same_bucket_only),
+    )
+    assert_equal_results(
+        outputs_and_grads(lsh_attention, qk, v, rotations, **kw),
+        outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw),
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -176,8 +188,15 @@ def test_attention_weights_are_distributions_over_allowed_keys(causal):
 @pytest.mark.parametrize("causal", [False, True])
 def test_self_is_attended_only_without_other_keys(causal):
     qk, v, rotations = make_inputs(20, n_rounds=2, batch=(1,))
-    _, attn = lsh_attention(qk, v, rotations, chunk_len=32, conventions=Conventions(same_bucket_only=False),
-                            causal=causal, return_attention=True)
+    _, attn = lsh_attention(
+        qk,
+        v,
+        rotations,
+        chunk_len=32,
+        conventions=Conventions(same_bucket_only=False),
+        causal=causal,
+        return_attention=True,
+    )
     diagonal = attn[0].diagonal()
     assert diagonal[0] == 1 if causal else diagonal[0] < 1e-30  # the first causal token has only itself
     assert (diagonal[1:] < 1e-30).all()
@@ -189,15 +208,20 @@ def test_self_is_attended_only_without_other_keys(causal):
 @pytest.mark.parametrize("look_back", [1, 2])
 @pytest.mark.parametrize("n_rounds", [1, 2, 3])
 @pytest.mark.parametrize("causal", [False, True])
-def test_readable_matches_reference_with_the_anchors_conventions(causal, n_rounds, look_back, same_bucket_only,
-                                                                  length):
+def test_readable_matches_reference_with_the_anchors_conventions(causal, n_rounds, look_back, same_bucket_only, length):
     qk, v, _ = make_inputs(length, n_rounds=n_rounds, batch=(2, 3), seed=7 * n_rounds + look_back)
     per_head = random_rotations(8, 4, 3 * n_rounds, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     per_head = per_head.unflatten(0, (3, n_rounds))  # [heads, rounds, d, n_buckets / 2]
-    kw = dict(chunk_len=8, causal=causal, look_back=look_back,
-              conventions=Conventions(scale=1.0, same_bucket_only=same_bucket_only, concat_rounds=True))
-    assert_equal_results(outputs_and_grads(lsh_attention, qk, v, per_head, **kw),
-                         outputs_and_grads(lsh_attention_reference, qk, v, per_head, **kw))
+    kw = dict(
+        chunk_len=8,
+        causal=causal,
+        look_back=look_back,
+        conventions=Conventions(scale=1.0, same_bucket_only=same_bucket_only, concat_rounds=True),
+    )
+    assert_equal_results(
+        outputs_and_grads(lsh_attention, qk, v, per_head, **kw),
+        outputs_and_grads(lsh_attention_reference, qk, v, per_head, **kw),
+    )
 
 
 def test_one_rotation_per_head_is_each_head_hashed_with_its_own():
@@ -206,8 +230,9 @@ def test_one_rotation_per_head_is_each_head_hashed_with_its_own():
     per_head = per_head.unflatten(0, (3, 2))
     out = lsh_attention(qk, v, per_head, chunk_len=8)
     for h in range(3):  # head h alone, with its rotations shared
-        torch.testing.assert_close(out[:, h], lsh_attention(qk[:, h], v[:, h], per_head[h], chunk_len=8),
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            out[:, h], lsh_attention(qk[:, h], v[:, h], per_head[h], chunk_len=8), rtol=1e-12, atol=1e-12
+        )
     with pytest.raises(ValueError, match="leading dims that broadcast"):
         lsh_attention(qk, v, per_head[:2], chunk_len=8)
 
@@ -215,11 +240,16 @@ def test_one_rotation_per_head_is_each_head_hashed_with_its_own():
 def test_scale_multiplies_the_scores():
     qk, v, rotations = make_inputs(32, seed=4)
     # scale = 1 / sqrt(d) given explicitly is the default; scale s is qk * s sqrt(d) with the default scale
-    torch.testing.assert_close(lsh_attention(qk, v, rotations, chunk_len=8, conventions=Conventions(scale=8**-0.5)),
-                               lsh_attention(qk, v, rotations, chunk_len=8), rtol=0, atol=0)
+    torch.testing.assert_close(
+        lsh_attention(qk, v, rotations, chunk_len=8, conventions=Conventions(scale=8**-0.5)),
+        lsh_attention(qk, v, rotations, chunk_len=8),
+        rtol=0,
+        atol=0,
+    )
     ref = lsh_attention_reference(qk * 8**0.5, v, rotations, chunk_len=8)  # the same directions: same buckets
-    torch.testing.assert_close(lsh_attention(qk, v, rotations, chunk_len=8, conventions=Conventions(scale=1.0)), ref,
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        lsh_attention(qk, v, rotations, chunk_len=8, conventions=Conventions(scale=1.0)), ref, rtol=1e-10, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -228,12 +258,17 @@ def test_concatenated_rounds_differ_only_for_queries_in_a_first_chunk(causal):
     chunk of a round see other keys (the last chunk of the round before instead of their own round's)."""
     concat = Conventions(concat_rounds=True)
     qk, v, rotations = make_inputs(64, n_rounds=1, seed=9)
-    torch.testing.assert_close(lsh_attention(qk, v, rotations, chunk_len=8, causal=causal, conventions=concat),
-                               lsh_attention(qk, v, rotations, chunk_len=8, causal=causal), rtol=0, atol=0)
+    torch.testing.assert_close(
+        lsh_attention(qk, v, rotations, chunk_len=8, causal=causal, conventions=concat),
+        lsh_attention(qk, v, rotations, chunk_len=8, causal=causal),
+        rtol=0,
+        atol=0,
+    )
     qk, v, rotations = make_inputs(64, n_rounds=2, seed=9)
     kw = dict(chunk_len=8, causal=causal)
-    changed = lsh_attention(qk, v, rotations, conventions=Conventions(same_bucket_only=False, concat_rounds=True),
-                            **kw) - lsh_attention(qk, v, rotations, conventions=Conventions(same_bucket_only=False), **kw)
+    changed = lsh_attention(
+        qk, v, rotations, conventions=Conventions(same_bucket_only=False, concat_rounds=True), **kw
+    ) - lsh_attention(qk, v, rotations, conventions=Conventions(same_bucket_only=False), **kw)
     changed = changed.abs().amax(-1) > 1e-12  # [b, L]
     _, undo = sort_by_bucket(hash_vectors(qk.detach(), rotations))  # [b, r, L] sorted slot of each position
     in_a_first_chunk = (undo < 8).any(dim=1)
@@ -248,11 +283,16 @@ def test_trax_and_hf_key_normalization_matches_the_reference(causal):
     qk, v, rotations = make_inputs(29, n_rounds=2, seed=12)
     qk = (qk * 0.01).detach().requires_grad_()  # short vectors, where d * eps is felt
     kw = dict(chunk_len=8, causal=causal, conventions=TRAX)
-    assert_equal_results(outputs_and_grads(lsh_attention, qk, v, rotations, **kw),
-                         outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw))
+    assert_equal_results(
+        outputs_and_grads(lsh_attention, qk, v, rotations, **kw),
+        outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw),
+    )
     without = Conventions(scale=1.0, same_bucket_only=False, concat_rounds=True)
-    assert not torch.allclose(lsh_attention(qk, v, rotations, **kw),
-                              lsh_attention(qk, v, rotations, **dict(kw, conventions=without)), atol=1e-6)
+    assert not torch.allclose(
+        lsh_attention(qk, v, rotations, **kw),
+        lsh_attention(qk, v, rotations, **dict(kw, conventions=without)),
+        atol=1e-6,
+    )
 
 
 def test_the_presets_are_the_implementations_choices():
@@ -265,9 +305,16 @@ def test_the_presets_are_the_implementations_choices():
         conventions_of("pytorch")
 
 
-@pytest.mark.parametrize("bad, match", [(dict(scale=0), "scale must be None or a number > 0"),
-                                        (dict(scale="1"), "scale must be None"), (dict(key_eps=-1.0), "key_eps"),
-                                        (dict(key_eps=True), "key_eps"), (dict(concat_rounds=1), "concat_rounds")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(scale=0), "scale must be None or a number > 0"),
+        (dict(scale="1"), "scale must be None"),
+        (dict(key_eps=-1.0), "key_eps"),
+        (dict(key_eps=True), "key_eps"),
+        (dict(concat_rounds=1), "concat_rounds"),
+    ],
+)
 def test_bad_conventions_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         Conventions(**bad)

@@ -147,16 +147,19 @@ def test_separate_qk_attention_weights():
     assert weights.triu(1).sum() > 0  # bidirectional
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(attention="sparse"), "attention must be 'lsh' or 'full'"),
-    (dict(shared_qk=False), "LSH attention needs shared_qk=True"),
-    (dict(d_model=15), r"d_model \(15\) must be divisible by n_heads \(2\)"),
-    (dict(n_layers=0), "n_layers must be a positive integer"),
-    (dict(axial_shape=(4, 4)), "axial_shape must be"),
-    (dict(merge="sum"), "merge must be 'mean' or 'concat'"),
-    (dict(conventions="pytorch"), "conventions must be a Conventions"),
-    (dict(conventions=dict(scale=-1)), "scale must be None or a number > 0"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(attention="sparse"), "attention must be 'lsh' or 'full'"),
+        (dict(shared_qk=False), "LSH attention needs shared_qk=True"),
+        (dict(d_model=15), r"d_model \(15\) must be divisible by n_heads \(2\)"),
+        (dict(n_layers=0), "n_layers must be a positive integer"),
+        (dict(axial_shape=(4, 4)), "axial_shape must be"),
+        (dict(merge="sum"), "merge must be 'mean' or 'concat'"),
+        (dict(conventions="pytorch"), "conventions must be a Conventions"),
+        (dict(conventions=dict(scale=-1)), "scale must be None or a number > 0"),
+    ],
+)
 def test_bad_configuration_is_named(bad, message):
     with pytest.raises(ValueError, match=message):
         ReformerConfig(**dict(SMALL, **bad))
@@ -174,8 +177,11 @@ def test_a_model_runs_on_an_attention_function_of_the_learner_and_gives_the_same
     from minireformer.course import solutions
 
     torch.manual_seed(0)
-    model = ReformerLM(vocab_size=11, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=40, chunk_len=8,
-                       n_rounds=2).double().eval()
+    model = (
+        ReformerLM(vocab_size=11, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=40, chunk_len=8, n_rounds=2)
+        .double()
+        .eval()
+    )
     tokens = torch.randint(11, (2, 37))
     torch.manual_seed(1)
     fast = model(tokens)

@@ -16,10 +16,20 @@ def hf_layer(n_rounds, causal, *, hidden=16, heads=2, head=8, chunk=8, n_buckets
     modeling = pytest.importorskip("transformers.models.reformer.modeling_reformer", reason=f"transformers {INSTALL}")
     from transformers import ReformerConfig
 
-    config = ReformerConfig(hidden_size=hidden, num_attention_heads=heads, attention_head_size=head,
-                            lsh_attn_chunk_length=chunk, num_hashes=n_rounds, num_buckets=n_buckets,
-                            lsh_num_chunks_before=1, lsh_num_chunks_after=0, is_decoder=causal, hash_seed=seed,
-                            lsh_attention_probs_dropout_prob=0.0, max_position_embeddings=length)
+    config = ReformerConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        attention_head_size=head,
+        lsh_attn_chunk_length=chunk,
+        num_hashes=n_rounds,
+        num_buckets=n_buckets,
+        lsh_num_chunks_before=1,
+        lsh_num_chunks_after=0,
+        is_decoder=causal,
+        hash_seed=seed,
+        lsh_attention_probs_dropout_prob=0.0,
+        max_position_embeddings=length,
+    )
     torch.manual_seed(0)
     layer = modeling.LSHSelfAttention(config).double().eval()
     with torch.no_grad():  # unit-variance projections: scores of a few units, neither flat nor one-hot
@@ -34,8 +44,9 @@ def ours_with_hf_weights(layer, x, conventions, attention=fast_lsh_attention):
     heads = lambda t: t.unflatten(-1, (c.num_attention_heads, c.attention_head_size)).transpose(1, 2)  # noqa: E731
     qk, v = heads(x @ layer.query_key.weight.T), heads(x @ layer.value.weight.T)  # [B, h, L, d]
     torch.manual_seed(c.hash_seed)  # as HF's _hash_vectors: [heads, d, rounds, n_buckets / 2]
-    rotations = torch.randn(c.num_attention_heads, c.attention_head_size, c.num_hashes, c.num_buckets // 2,
-                            dtype=x.dtype).permute(0, 2, 1, 3)  # ours: [heads, rounds, d, n_buckets / 2]
+    rotations = torch.randn(
+        c.num_attention_heads, c.attention_head_size, c.num_hashes, c.num_buckets // 2, dtype=x.dtype
+    ).permute(0, 2, 1, 3)  # ours: [heads, rounds, d, n_buckets / 2]
     out = attention(qk, v, rotations, chunk_len=c.lsh_attn_chunk_length, causal=c.is_decoder, conventions=conventions)
     return out.transpose(1, 2).flatten(2)  # [B, L, hidden]
 

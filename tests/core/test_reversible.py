@@ -50,16 +50,21 @@ def run(seq, x, reversible, seed=1, mode="mean", forward_context=contextlib.null
 
 
 def x_like(length=37, dtype=torch.float64, requires_grad=True):
-    return torch.randn(2, length, D, dtype=dtype, generator=torch.Generator().manual_seed(3)).requires_grad_(requires_grad)
+    return torch.randn(2, length, D, dtype=dtype, generator=torch.Generator().manual_seed(3)).requires_grad_(
+        requires_grad
+    )
 
 
 CASES = {
     "dropout": lambda: stack(lambda: mlp(dropout=0.3), lambda: FeedForward(D, 48, dropout=0.3)),
-    "chunked feed-forward": lambda: stack(lambda: mlp(), lambda: FeedForward(D, 48, dropout=0.2, chunk_size=5),
-                                          g_chunk_size=5),
+    "chunked feed-forward": lambda: stack(
+        lambda: mlp(), lambda: FeedForward(D, 48, dropout=0.2, chunk_size=5), g_chunk_size=5
+    ),
     "global-RNG stand-in": lambda: stack(NoisyBranch, lambda: mlp()),
-    "LSH attention": lambda: stack(lambda: LSHSelfAttention(D, 2, n_rounds=2, chunk_len=8, dropout=0.1),
-                                   lambda: FeedForward(D, 48, dropout=0.1, chunk_size=8)),
+    "LSH attention": lambda: stack(
+        lambda: LSHSelfAttention(D, 2, n_rounds=2, chunk_len=8, dropout=0.1),
+        lambda: FeedForward(D, 48, dropout=0.1, chunk_size=8),
+    ),
 }
 
 
@@ -197,8 +202,9 @@ def test_chunked_feed_forward_runs_chunk_by_chunk_in_the_reversible_backward():
     from minireformer.model import PreNorm
 
     calls = []
-    seq = stack(lambda: mlp(), lambda: PreNorm(D, FeedForward(D, 48, dropout=0.2, chunk_size=5)), n_blocks=2,
-                g_chunk_size=5)
+    seq = stack(
+        lambda: mlp(), lambda: PreNorm(D, FeedForward(D, 48, dropout=0.2, chunk_size=5)), n_blocks=2, g_chunk_size=5
+    )
     for block in seq.blocks:
         block.g.fn.net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[-2]))
     x = x_like()  # L = 37: chunks of 5, the last one 2 long
@@ -278,7 +284,10 @@ def test_errors_name_the_argument():
         seq(x, x[:, :4])
     with pytest.raises(ValueError, match="x1 and x2"):
         RevBlock(mlp(), mlp())(x, x[..., :4])
-    for bad in (ReversibleSequence([RevBlock(nn.Linear(D, 8), mlp())]), ReversibleSequence([RevBlock(mlp(), nn.Linear(D, 8))])):
+    for bad in (
+        ReversibleSequence([RevBlock(nn.Linear(D, 8), mlp())]),
+        ReversibleSequence([RevBlock(mlp(), nn.Linear(D, 8))]),
+    ):
         name = "RevBlock.f" if isinstance(bad.blocks[0].f, nn.Linear) else "RevBlock.g"
         for grad in (True, False):
             with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=name):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minireformer import lsh
-from minireformer.fast_lsh import fast_lsh_attention
 from minireformer.course import exercises, solutions
 from minireformer.course.exercises import EXERCISES, check, diagnose, solution
+from minireformer.fast_lsh import fast_lsh_attention
 
 SELF_BIAS = 1e5
 
@@ -174,8 +174,10 @@ def ff_drops_last_chunk(ff, x, chunk_size):
     if chunk_size is None:
         return ff(x)
     n = x.shape[-2] // chunk_size
-    return torch.cat([checkpoint(ff, x[..., i * chunk_size:(i + 1) * chunk_size, :], use_reentrant=False)
-                      for i in range(n)], dim=-2)
+    return torch.cat(
+        [checkpoint(ff, x[..., i * chunk_size : (i + 1) * chunk_size, :], use_reentrant=False) for i in range(n)],
+        dim=-2,
+    )
 
 
 def ff_plain_loop(ff, x, chunk_size):
@@ -191,6 +193,7 @@ def ff_detached(ff, x, chunk_size):
 
 def lsh_with(attend_fn=None, combine_fn=None, look_back=1):
     """The teaching capstone (the core's composition) with one learner's piece swapped in."""
+
     def fn(qk, v, rotations, *, chunk_len, causal=False):
         originals = lsh.attend, lsh.combine_rounds, lsh.look_back_chunks
         try:
@@ -201,6 +204,7 @@ def lsh_with(attend_fn=None, combine_fn=None, look_back=1):
             return solutions.lsh_attention(qk, v, rotations, chunk_len=chunk_len, causal=causal)
         finally:
             lsh.attend, lsh.combine_rounds, lsh.look_back_chunks = originals
+
     return fn
 
 
@@ -208,8 +212,9 @@ def lsh_padding_attended(qk, v, rotations, *, chunk_len, causal=False):
     """Pads the sequence but forgets to tell the mask where it ends."""
     length = qk.shape[-2]
     pad = -length % chunk_len
-    padded = solutions.lsh_attention(F.pad(qk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad)), rotations,
-                                     chunk_len=chunk_len, causal=causal)
+    padded = solutions.lsh_attention(
+        F.pad(qk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad)), rotations, chunk_len=chunk_len, causal=causal
+    )
     return padded[..., :length, :]
 
 
@@ -329,8 +334,14 @@ def test_solution_hint_and_show_solution(capsys):
 
 def test_each_lesson_lists_its_exercises():
     assert exercises.exercises_of("01") == ["hash_vectors"]
-    assert exercises.exercises_of("02") == ["sort_by_bucket", "look_back_chunks", "chunk_mask", "attend",
-                                            "combine_rounds", "lsh_attention"]
+    assert exercises.exercises_of("02") == [
+        "sort_by_bucket",
+        "look_back_chunks",
+        "chunk_mask",
+        "attend",
+        "combine_rounds",
+        "lsh_attention",
+    ]
     assert exercises.exercises_of("03") == ["rev_inverse"] and exercises.exercises_of("04") == ["chunked_feed_forward"]
 
 

@@ -25,8 +25,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LESSONS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def find_chromium():
@@ -40,8 +47,10 @@ def find_chromium():
 CHROMIUM = find_chromium()
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 # On a learner's machine without Chromium these tests skip; in CI (.ci/run installs Chromium) they never do.
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                                reason="no Chromium found (apt-get install chromium, or set CHROMIUM)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="no Chromium found (apt-get install chromium, or set CHROMIUM)",
+)
 
 
 def free_port():
@@ -69,12 +78,28 @@ def lab(tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", home / "notebooks")
     write_settings(home / "settings")
     token, port = uuid.uuid4().hex, free_port()
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-               JUPYTER_DATA_DIR=str(home / "data"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), MINIREFORMER_SCALE="quick")
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home / 'notebooks'}",
-               "--LabApp.news_url=None", "--ServerApp.port_retries=0"]
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTER_DATA_DIR=str(home / "data"),
+        JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        MINIREFORMER_SCALE="quick",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={home / 'notebooks'}",
+        "--LabApp.news_url=None",
+        "--ServerApp.port_retries=0",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
     log = open(home / "server.log", "w")
@@ -88,7 +113,9 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start:\n" + (home / "server.log").read_text()[-3000:])
+                    raise RuntimeError(
+                        "JupyterLab did not start:\n" + (home / "server.log").read_text()[-3000:]
+                    ) from None
                 time.sleep(0.3)
         yield {"url": url, "token": token, "root": home / "notebooks"}
     finally:
@@ -136,7 +163,10 @@ def open_and_run_all(page, lab, lesson):
     page.wait_for_function(
         """n => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
                  .filter(p => /\\[\\d+\\]/.test(p.textContent)).length === n""",
-        arg=n_code, timeout=300_000, polling=250)
+        arg=n_code,
+        timeout=300_000,
+        polling=250,
+    )
     page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
     return n_code
 
@@ -154,8 +184,11 @@ def shut_down_kernels(lab):
 def widget_outputs_in(lesson):
     """How many outputs of the committed lesson are widgets (the browser must render as many)."""
     cells = json.loads((ROOT / "notebooks" / lesson).read_text())["cells"]
-    return sum("application/vnd.jupyter.widget-view+json" in output.get("data", {})
-               for cell in cells for output in cell.get("outputs", []))
+    return sum(
+        "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        for cell in cells
+        for output in cell.get("outputs", [])
+    )
 
 
 def errors_on_page(page):
@@ -175,9 +208,15 @@ def slider(page, container, description):
 # which lesson 02's capstone training shows in the browser too.
 TRAINING_LESSONS = {"06_duplication_task.ipynb", "07_long_sequences.ipynb"}
 # Lessons with a widget to drag once they have run: (slider, text before, text after, screenshot name).
-SLIDERS = {"01_hashing_random_rotations.ipynb": ("n_buckets", "40 points, 4 buckets", "40 points, 6 buckets",
-                                                 "hash_rotation"),  # one step of 2: 4 -> 6 buckets
-           "02_lsh_attention.ipynb": ("stage", "stage 1/7 · hash", "stage 2/7 · sort", "lsh_steps")}
+SLIDERS = {
+    "01_hashing_random_rotations.ipynb": (
+        "n_buckets",
+        "40 points, 4 buckets",
+        "40 points, 6 buckets",
+        "hash_rotation",
+    ),  # one step of 2: 4 -> 6 buckets
+    "02_lsh_attention.ipynb": ("stage", "stage 1/7 · hash", "stage 2/7 · sort", "lsh_steps"),
+}
 
 
 def image_outputs_in(lesson):
@@ -245,11 +284,11 @@ def page(lab, browser):
     shut_down_kernels(lab)
 
 
-WRONG_HASH = '''def my_hash_vectors(x, rotations):
-    return torch.einsum("...ld,rdb->...rlb", x, rotations).argmax(dim=-1)'''
-RIGHT_HASH = '''def my_hash_vectors(x, rotations):
+WRONG_HASH = """def my_hash_vectors(x, rotations):
+    return torch.einsum("...ld,rdb->...rlb", x, rotations).argmax(dim=-1)"""
+RIGHT_HASH = """def my_hash_vectors(x, rotations):
     rotated = torch.einsum("...ld,rdb->...rlb", x, rotations)
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)'''
+    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)"""
 
 
 def test_a_learner_types_a_solution_into_a_stub_and_reads_the_check(page, shots):
@@ -266,8 +305,10 @@ def test_a_learner_types_a_solution_into_a_stub_and_reads_the_check(page, shots)
     stub.locator(".cm-content").click()
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Above Selected Cell$")).click()
-    for solution, printed in ((WRONG_HASH, "✗ hash_vectors: the -xR half is missing"),
-                              (RIGHT_HASH, "✓ hash_vectors: all 6 cases agree with the package")):
+    for solution, printed in (
+        (WRONG_HASH, "✗ hash_vectors: the -xR half is missing"),
+        (RIGHT_HASH, "✓ hash_vectors: all 6 cases agree with the package"),
+    ):
         stub.locator(".cm-content").click()
         page.keyboard.press("Control+a")
         page.keyboard.insert_text(solution)  # as pasted: no auto-indent, no closing brackets added

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from minireformer.course import lab, plots
-from minireformer.course.lab import (clustered_vectors, collision_probability, planar_rotations, top_k_recall,
-                                     two_bucket_collision_probability, unit_vectors_at_angles)
+from minireformer.course.lab import (
+    clustered_vectors,
+    collision_probability,
+    planar_rotations,
+    top_k_recall,
+    two_bucket_collision_probability,
+    unit_vectors_at_angles,
+)
 from minireformer.fast_lsh import fast_lsh_attention
 from minireformer.hashing import hash_vectors, random_rotations
 

@@ -22,8 +22,7 @@ STUB = re.compile(r"^# EXERCISE (\w+):")
 
 def stubs(notebook):
     """``{name: cell}`` of the notebook's exercise stubs, in order."""
-    return {STUB.match(c.source).group(1): c for c in notebook.cells
-            if c.cell_type == "code" and STUB.match(c.source)}
+    return {STUB.match(c.source).group(1): c for c in notebook.cells if c.cell_type == "code" and STUB.match(c.source)}
 
 
 LESSONS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb") if stubs(nbformat.read(p, as_version=4)))
@@ -39,8 +38,11 @@ def test_every_exercise_sits_in_its_lesson():
         for name in stubs(nbformat.read(NOTEBOOKS / lesson, as_version=4)):
             found[name] = lesson[:2]
     assert found == {name: exercise.lesson for name, exercise in EXERCISES.items()}
-    assert all(list(found_in) == exercises_of(lesson[:2]) for lesson in LESSONS
-               for found_in in [stubs(nbformat.read(NOTEBOOKS / lesson, as_version=4))])
+    assert all(
+        list(found_in) == exercises_of(lesson[:2])
+        for lesson in LESSONS
+        for found_in in [stubs(nbformat.read(NOTEBOOKS / lesson, as_version=4))]
+    )
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
@@ -61,8 +63,9 @@ def test_the_lesson_runs_with_every_exercise_solved(lesson, tmp_path, monkeypatc
     names = list(stubs(notebook))
     for name, cell in stubs(notebook).items():
         cell.source = f'from minireformer.course.exercises import solution\nmy_{name} = solution("{name}")'
-    NotebookClient(notebook, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
     printed = "\n".join(outputs_text(c) for c in notebook.cells if c.cell_type == "code")
     for name in names:
         assert f"✓ {name}: all {len(EXERCISES[name].cases)} cases agree with the package" in printed, name

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from minireformer.course.lab import planar_rotations, random_unit_vectors
-from minireformer.hashing import hash_vectors
 from minireformer.course.widgets import HashRotationWidget, hash_picture
+from minireformer.hashing import hash_vectors
 
 
 def png_bytes(figure):
@@ -66,8 +66,9 @@ def test_lsh_walkthrough_is_exactly_what_lsh_attention_computes():
 
     for causal in (False, True):
         walk = lsh_walkthrough(n_rounds=3, causal=causal, seed=4)
-        _, attn = fast_lsh_attention(walk["qk"], walk["v"], walk["rotations"], chunk_len=8, causal=causal,
-                                return_attention=True)
+        _, attn = fast_lsh_attention(
+            walk["qk"], walk["v"], walk["rotations"], chunk_len=8, causal=causal, return_attention=True
+        )
         torch.testing.assert_close(walk["attention"], attn, rtol=0, atol=1e-12)
         torch.testing.assert_close(walk["attention_rounds"].sum(-1), torch.ones(3, 32, dtype=torch.float64))
         # sorting puts each round's buckets in order, and the permitted pairs never cross buckets

@@ -12,13 +12,23 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("transformers.models.reformer.modeling_reformer",
-                    reason="transformers is not installed (pip install -c constraints.txt -e '.[compare]')")
+pytest.importorskip(
+    "transformers.models.reformer.modeling_reformer",
+    reason="transformers is not installed (pip install -c constraints.txt -e '.[compare]')",
+)
 from transformers import ReformerConfig  # noqa: E402
 
 from minireformer.hf import convert as hf  # noqa: E402
-from minireformer.hf.convert import (PUBLISHED, SMALL, changed_options, config_from_huggingface, from_huggingface,  # noqa: E402
-                             hf_greedy, random_hf_model, with_fixed_rotations)
+from minireformer.hf.convert import (  # noqa: E402
+    PUBLISHED,
+    SMALL,
+    changed_options,
+    config_from_huggingface,
+    from_huggingface,
+    hf_greedy,
+    random_hf_model,
+    with_fixed_rotations,
+)
 from minireformer.lsh import HF  # noqa: E402
 from minireformer.model import generate  # noqa: E402
 
@@ -50,9 +60,11 @@ def test_logits_equal_hf_in_float64(name, causal):
 
 # HF's float32 is exact wherever no token attends only to copies of itself: with one hash round (crime and
 # punishment) or without the causal mask, that is everywhere
-@pytest.mark.parametrize("name, causal", [(CRIME, True), (CRIME, False), (ENWIK8, False)],
-                         ids=["crime_and_punishment-causal", "crime_and_punishment-bidirectional",
-                              "enwik8-bidirectional"])
+@pytest.mark.parametrize(
+    "name, causal",
+    [(CRIME, True), (CRIME, False), (ENWIK8, False)],
+    ids=["crime_and_punishment-causal", "crime_and_punishment-bidirectional", "enwik8-bidirectional"],
+)
 def test_logits_equal_hf_in_float32(name, causal):
     theirs = random_hf_model(name, causal=causal)
     ours = from_huggingface(theirs)
@@ -77,8 +89,11 @@ def test_where_hf_float32_rounds_ours_does_not():
 
 
 def test_several_hash_rounds_with_factorized_buckets():
-    for causal, dtype, tolerance in ((True, torch.float64, FLOAT64), (False, torch.float64, FLOAT64),
-                                     (False, torch.float32, TOLERANCE)):
+    for causal, dtype, tolerance in (
+        (True, torch.float64, FLOAT64),
+        (False, torch.float64, FLOAT64),
+        (False, torch.float32, TOLERANCE),
+    ):
         theirs = random_hf_model(CRIME, causal=causal, seed=5, num_hashes=3).to(dtype)
         ours = from_huggingface(theirs)
         assert ours.config.n_rounds == 3 and ours.config.bucket_factors == (4, 8)
@@ -98,8 +113,9 @@ def test_the_published_crime_and_punishment_shape_at_full_width():
 
 
 def test_a_window_of_one_chunk_after_instead_of_before_converts_and_overrides_reach_hf():
-    theirs = random_hf_model(CRIME, causal=False, local_num_chunks_before=0, local_num_chunks_after=1,
-                             local_attn_chunk_length=4).double()  # SMALL's chunk of 8 overridden
+    theirs = random_hf_model(
+        CRIME, causal=False, local_num_chunks_before=0, local_num_chunks_after=1, local_attn_chunk_length=4
+    ).double()  # SMALL's chunk of 8 overridden
     ours = from_huggingface(theirs)
     assert ours.config.local_options == dict(chunk_len=4, look_back=0, look_ahead=1) and ours.config.pad_multiple == 8
     for length in (64, 29, 12):
@@ -171,12 +187,15 @@ def test_bad_input_is_named():
     with pytest.raises(TypeError, match="ReformerModelWithLMHead"):
         from_huggingface(torch.nn.Linear(2, 2))
     theirs = random_hf_model(CRIME)
-    for option, value, match in (("attn_layers", ["local", "lsh", "full", "lsh", "local", "lsh"], "attn_layers"),
-                                 ("num_buckets", None, "num_buckets"), ("hidden_act", "tanh", "hidden_act"),
-                                 ("lsh_num_chunks_after", 1, "lsh_num_chunks_after"),
-                                 ("lsh_num_chunks_before", 2, "lsh_num_chunks_before [+] lsh_num_chunks_after must be"),
-                                 ("local_num_chunks_after", 1, "local_num_chunks_before [+] local_num_chunks_after"),
-                                 ("local_attn_chunk_length", 0, "config.local_attn_chunk_length must be a positive")):
+    for option, value, match in (
+        ("attn_layers", ["local", "lsh", "full", "lsh", "local", "lsh"], "attn_layers"),
+        ("num_buckets", None, "num_buckets"),
+        ("hidden_act", "tanh", "hidden_act"),
+        ("lsh_num_chunks_after", 1, "lsh_num_chunks_after"),
+        ("lsh_num_chunks_before", 2, "lsh_num_chunks_before [+] lsh_num_chunks_after must be"),
+        ("local_num_chunks_after", 1, "local_num_chunks_before [+] local_num_chunks_after"),
+        ("local_attn_chunk_length", 0, "config.local_attn_chunk_length must be a positive"),
+    ):
         config = ReformerConfig(**dict(PUBLISHED[CRIME], **SMALL[CRIME]))
         setattr(config, option, value)
         with pytest.raises(ValueError, match=match):
@@ -186,8 +205,10 @@ def test_bad_input_is_named():
         ours(tokens(320, 129))
     state = theirs.state_dict()
     head = "lm_head.decoder.weight"  # [320, 64]: the same numbers as [64, 320], not the same tensor
-    for broken, match in ((dict(state, **{head: state[head].T}), "must have shape \\(320, 64\\)"),
-                          ({k: v for k, v in state.items() if k != head}, "got nothing")):
+    for broken, match in (
+        (dict(state, **{head: state[head].T}), "must have shape \\(320, 64\\)"),
+        ({k: v for k, v in state.items() if k != head}, "got nothing"),
+    ):
         with pytest.raises(ValueError, match=match):
             hf.load_weights(from_huggingface(theirs), broken)
 

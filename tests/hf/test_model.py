@@ -1,5 +1,5 @@
-"""What HF's published Reformers add to the core (minireformer.hf.model): factorized buckets, local attention, padding to
-several chunk lengths, HF's shapes and seeded rotations, and the options that build them."""
+"""What HF's published Reformers add to the core (minireformer.hf.model): factorized buckets, local attention, padding
+to several chunk lengths, HF's shapes and seeded rotations, and the options that build them."""
 
 import math
 from dataclasses import asdict
@@ -12,16 +12,22 @@ import torch.nn as nn
 
 from minireformer.fast_lsh import blocked_attention, hash_block, hash_buckets
 from minireformer.hashing import hash_vectors, random_rotations
+from minireformer.hf.model import (
+    LocalSelfAttention,
+    PublishedConfig,
+    PublishedLSHSelfAttention,
+    PublishedReformerLM,
+    hash_factorized,
+    hf_heads,
+    local_attention,
+)
 from minireformer.lsh import HF, Conventions, lsh_attention_reference, pad_buckets, sort_by_bucket
 from minireformer.model import ReformerConfig, ReformerLM
-from minireformer.hf.model import (LocalSelfAttention, PublishedConfig, PublishedLSHSelfAttention, PublishedReformerLM,
-                                   hash_factorized, hf_heads, local_attention)
 from tests.helpers import assert_equal_results, make_inputs, outputs_and_grads
 
 
 def randn(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
 
 
 # ---- factorized buckets (trax; HF's num_buckets=[n_1, n_2]) ------------------------------------------------------
@@ -46,8 +52,15 @@ def test_factorized_buckets_use_every_one_of_n1_n2_buckets_from_n1_plus_n2_over_
     assert rotations.shape[-1] == 6 and set(ids.flatten().tolist()) == set(range(32))
 
 
-@pytest.mark.parametrize("factors, match", [((4, 3), "an even integer"), ([], "bucket_factors must be a tuple"),
-                                            ((4, 4), "rotations must have sum"), (8, "bucket_factors must be a tuple")])
+@pytest.mark.parametrize(
+    "factors, match",
+    [
+        ((4, 3), "an even integer"),
+        ([], "bucket_factors must be a tuple"),
+        ((4, 4), "rotations must have sum"),
+        (8, "bucket_factors must be a tuple"),
+    ],
+)
 def test_bad_bucket_factors_are_named(factors, match):
     rotations = random_rotations(8, 12, 1)
     with pytest.raises(ValueError, match=match):
@@ -84,8 +97,10 @@ def test_local_attention_equals_its_dense_definition(causal, look_back, look_ahe
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(weights, ref_weights, rtol=1e-12, atol=1e-12)
     cotangent = randn(*out.shape, seed=4)
-    for grad, ref_grad in zip(torch.autograd.grad((out * cotangent).sum(), (q, k, v)),
-                              torch.autograd.grad((ref_out * cotangent).sum(), (q, k, v))):
+    for grad, ref_grad in zip(
+        torch.autograd.grad((out * cotangent).sum(), (q, k, v)),
+        torch.autograd.grad((ref_out * cotangent).sum(), (q, k, v)),
+    ):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
@@ -127,7 +142,8 @@ def test_hash_seed_draws_the_same_rotations_every_pass_and_one_per_head():
 
 # ---- factorized buckets and padding through the blocked attention, against the dense reference -----------------
 def factorized_buckets(qk, rotations, factors, pad_multiple=1):
-    """HF's buckets: factorized by the fast hash, padded to a multiple of ``pad_multiple`` (PublishedLSHSelfAttention.hash)."""
+    """HF's buckets: factorized by the fast hash, padded to a multiple of ``pad_multiple``
+    (PublishedLSHSelfAttention.hash)."""
     n_buckets = math.prod(factors)
     buckets = hash_buckets(qk, rotations, partial(hash_factorized, factors=factors, hash_fn=hash_block))
     return pad_buckets(buckets, pad_multiple, n_buckets), n_buckets
@@ -135,8 +151,10 @@ def factorized_buckets(qk, rotations, factors, pad_multiple=1):
 
 def given_buckets(buckets, n_buckets):
     """The blocked attention and the dense reference, both with ``buckets``, as functions of (qk, v, rotations)."""
-    return (lambda qk, v, _, **kw: blocked_attention(qk, v, buckets, n_buckets, **kw),
-            lambda qk, v, _, **kw: lsh_attention_reference(qk, v, None, buckets=buckets, **kw))
+    return (
+        lambda qk, v, _, **kw: blocked_attention(qk, v, buckets, n_buckets, **kw),
+        lambda qk, v, _, **kw: lsh_attention_reference(qk, v, None, buckets=buckets, **kw),
+    )
 
 
 @pytest.mark.parametrize("length", [32, 29])
@@ -147,8 +165,11 @@ def test_blocked_attention_matches_the_reference_with_factorized_buckets(causal,
     rotations = random_rotations(8, 2 + 4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     buckets, n_buckets = factorized_buckets(qk.detach(), rotations, (2, 4))
     assert n_buckets == 8 and set(buckets.flatten().tolist()) == set(range(8))  # eight buckets from three columns
-    kw = dict(chunk_len=8, causal=causal, conventions=Conventions(same_bucket_only=not concat_rounds,
-                                                                  concat_rounds=concat_rounds))
+    kw = dict(
+        chunk_len=8,
+        causal=causal,
+        conventions=Conventions(same_bucket_only=not concat_rounds, concat_rounds=concat_rounds),
+    )
     fast, reference = given_buckets(buckets, n_buckets)
     assert_equal_results(outputs_and_grads(fast, qk, v, None, **kw), outputs_and_grads(reference, qk, v, None, **kw))
 
@@ -192,9 +213,23 @@ def test_the_layer_hashes_factorized_and_pads_as_configured():
 
 # ---- the published Reformers' options, as a model ------------------------------------------------------------------
 SMALL = dict(vocab_size=11, d_model=16, n_heads=2, d_ff=24, n_layers=2, max_len=32, n_rounds=2, chunk_len=8)
-HF_LIKE = dict(SMALL, layer_attention=("local", "lsh"), local_options=dict(chunk_len=4, look_back=1, look_ahead=0),
-               conventions=HF, hash_seed=3, bucket_factors=(2, 4), pad_multiple=8, d_head=4, out_bias=False,
-               axial_shape=(4, 8), axial_dims=(4, 12), activation="relu", norm_eps=1e-12, merge="concat", dropout=0.1)
+HF_LIKE = dict(
+    SMALL,
+    layer_attention=("local", "lsh"),
+    local_options=dict(chunk_len=4, look_back=1, look_ahead=0),
+    conventions=HF,
+    hash_seed=3,
+    bucket_factors=(2, 4),
+    pad_multiple=8,
+    d_head=4,
+    out_bias=False,
+    axial_shape=(4, 8),
+    axial_dims=(4, 12),
+    activation="relu",
+    norm_eps=1e-12,
+    merge="concat",
+    dropout=0.1,
+)
 
 
 def tokens(batch=2, length=32, vocab=11, seed=0):
@@ -209,7 +244,10 @@ def published(**options):
 def test_the_published_options_train_through_the_reversible_backward(hash_seed):
     torch.manual_seed(0)
     model = published(**dict(HF_LIKE, hash_seed=hash_seed)).double()
-    assert [type(w.fn).__name__ for w in model.attention_layers()] == ["LocalSelfAttention", "PublishedLSHSelfAttention"]
+    assert [type(w.fn).__name__ for w in model.attention_layers()] == [
+        "LocalSelfAttention",
+        "PublishedLSHSelfAttention",
+    ]
     assert model.positions.rows.shape == (4, 4) and model.norm.normalized_shape == (32,) and model.norm.eps == 1e-12
     assert isinstance(model.layers.blocks[0].g.fn.net[1], nn.ReLU) and model.layers.blocks[0].f.fn.to_out.bias is None
     x = tokens(length=29)  # padded to 32 inside both layers
@@ -251,24 +289,27 @@ def test_the_published_options_survive_a_saved_config_and_their_defaults_are_the
     assert [type(w.fn).__name__ for w in model.attention_layers()] == ["LocalSelfAttention", "FullSelfAttention"]
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(layer_attention=("lsh",)), "layer_attention must give each of the n_layers=2 layers"),
-    (dict(layer_attention=("lsh", "sparse")), "layer_attention must give each"),
-    (dict(local_options=dict(causal=False)), "local_options must be a dict with keys among"),
-    (dict(pad_multiple=12), r"pad_multiple must be a multiple of every layer's chunk length \[8\]"),
-    (dict(axial_dims=(8, 8)), "axial_dims must be"),
-    (dict(axial_shape=(4, 8), axial_dims=(8, 4)), "axial_dims must be"),
-    (dict(axial_shape=(4, 8), axial_dims=(16, 0)), "axial_dims must be a positive integer"),
-    (dict(axial_shape=(4, 8), axial_dims=(8.5, 7.5)), "axial_dims must be a positive integer"),
-    (dict(out_bias="no"), "out_bias must be True or False"),
-    (dict(norm_eps=True), "norm_eps must be a number > 0"),
-    (dict(layer_attention=("full", "lsh"), shared_qk=False), "LSH attention needs shared_qk=True"),
-    (dict(activation="tanh"), "activation must be one of"),
-    (dict(norm_eps=0), "norm_eps must be a number > 0"),
-    (dict(bucket_factors=(2, 3)), "bucket_factors must be an even integer"),
-    (dict(lsh_look_back=-1), "lsh_look_back must be an integer >= 0"),
-    (dict(d_head=0), "d_head must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(layer_attention=("lsh",)), "layer_attention must give each of the n_layers=2 layers"),
+        (dict(layer_attention=("lsh", "sparse")), "layer_attention must give each"),
+        (dict(local_options=dict(causal=False)), "local_options must be a dict with keys among"),
+        (dict(pad_multiple=12), r"pad_multiple must be a multiple of every layer's chunk length \[8\]"),
+        (dict(axial_dims=(8, 8)), "axial_dims must be"),
+        (dict(axial_shape=(4, 8), axial_dims=(8, 4)), "axial_dims must be"),
+        (dict(axial_shape=(4, 8), axial_dims=(16, 0)), "axial_dims must be a positive integer"),
+        (dict(axial_shape=(4, 8), axial_dims=(8.5, 7.5)), "axial_dims must be a positive integer"),
+        (dict(out_bias="no"), "out_bias must be True or False"),
+        (dict(norm_eps=True), "norm_eps must be a number > 0"),
+        (dict(layer_attention=("full", "lsh"), shared_qk=False), "LSH attention needs shared_qk=True"),
+        (dict(activation="tanh"), "activation must be one of"),
+        (dict(norm_eps=0), "norm_eps must be a number > 0"),
+        (dict(bucket_factors=(2, 3)), "bucket_factors must be an even integer"),
+        (dict(lsh_look_back=-1), "lsh_look_back must be an integer >= 0"),
+        (dict(d_head=0), "d_head must be a positive integer"),
+    ],
+)
 def test_bad_configuration_is_named(bad, message):
     with pytest.raises(ValueError, match=message):
         PublishedConfig(**dict(SMALL, **bad))

@@ -4,8 +4,8 @@ memory scaling the benchmark reports (exact on the CPU). No timing asserts: timi
 import pytest
 
 from minireformer import fast_lsh
-from minireformer.measuring import anchors, bench
 from minireformer.__main__ import main
+from minireformer.measuring import anchors, bench
 
 KEYS = {"model", "length", "batch", "step_s", "token_us", "peak_mb"}
 
@@ -84,13 +84,16 @@ def test_scaling_interleaves_equal_token_steps(monkeypatch):
         bench.scaling_interleaved(300, 1024, total_tokens=1024)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["bench", "attention", "--lengths", "300", "--total-tokens", "1024"], "divide total_tokens"),
-    (["bench", "attention", "--rounds", "two"], "comma-separated integers"),
-    (["bench", "reversible", "--depths", "0"], "positive integers"),
-    (["bench", "attention", "--repeats", "0"], "--repeats"),
-    (["bench", "sideways"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "attention", "--lengths", "300", "--total-tokens", "1024"], "divide total_tokens"),
+        (["bench", "attention", "--rounds", "two"], "comma-separated integers"),
+        (["bench", "reversible", "--depths", "0"], "positive integers"),
+        (["bench", "attention", "--repeats", "0"], "--repeats"),
+        (["bench", "sideways"], "invalid choice"),
+    ],
+)
 def test_cli_errors_are_clear(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
@@ -142,27 +145,41 @@ def lesson_cell(lesson, marker):
     from pathlib import Path
 
     path = next((Path(__file__).parents[2] / "notebooks").glob(f"{lesson}_*.ipynb"))
-    cells = [''.join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
     (source,) = [s for s in cells if marker in s]
     return source
 
 
 def test_a_step_over_the_budget_is_out_of_memory_and_the_sweep_goes_on():
     # full attention's [b, h, L, L] tensors: 16, 32 and 64 MiB at 256, 512, 1024 with 1024 tokens per step
-    rows = bench.bench_attention((256, 512, 1024), (4,), total_tokens=1024, repeats=1, device="cpu", sdpa=False,
-                                 full_memory_limit=2**40, memory_budget=48 * 2**20)
+    rows = bench.bench_attention(
+        (256, 512, 1024),
+        (4,),
+        total_tokens=1024,
+        repeats=1,
+        device="cpu",
+        sdpa=False,
+        full_memory_limit=2**40,
+        memory_budget=48 * 2**20,
+    )
     status = {(r["model"], r["length"]): r.get("skipped", "ok") for r in rows}
-    assert status == {("LSH-4", 256): "ok", ("LSH-4", 512): "ok", ("LSH-4", 1024): "ok",
-                      ("full (shared-QK)", 256): "ok", ("full (shared-QK)", 512): "ok",
-                      ("full (shared-QK)", 1024): "out of memory"}
+    assert status == {
+        ("LSH-4", 256): "ok",
+        ("LSH-4", 512): "ok",
+        ("LSH-4", 1024): "ok",
+        ("full (shared-QK)", 256): "ok",
+        ("full (shared-QK)", 512): "ok",
+        ("full (shared-QK)", 1024): "out of memory",
+    }
     assert "out of memory" in bench.format_bench(rows)
 
 
 def test_lesson_02s_memory_claim_holds_when_full_attention_skips_the_long_lengths():
     """At full scale full attention runs at the short lengths only. Lesson 02 compared its growth with the
     LSH rows' length ratio (32 against a growth of 1.0): the lesson failed on every GPU."""
-    rows = bench.bench_attention((256, 512, 1024), (4,), total_tokens=1024, repeats=1, device="cpu", sdpa=False,
-                                 full_memory_limit=40 * 2**20)  # skips full attention at 1024
+    rows = bench.bench_attention(
+        (256, 512, 1024), (4,), total_tokens=1024, repeats=1, device="cpu", sdpa=False, full_memory_limit=40 * 2**20
+    )  # skips full attention at 1024
     assert any(r["model"].startswith("full") and "skipped" in r for r in rows)
     exec(lesson_cell("02", 'bench.memory_growth(rows, "full (shared-QK)")'), {"bench": bench, "rows": rows})
     with pytest.raises(ValueError, match="full \\(shared-QK\\) ran at 1 length\\(s\\); a growth needs two"):

@@ -7,8 +7,13 @@ SMALL = dict(b=1, l=16, d_model=2, d_ff=8, n_h=2, n_l=3, n_r=2, c=4)
 
 def test_rows_in_the_papers_order():
     rows = complexity_table(**SMALL)
-    assert [r["model"] for r in rows] == ["Transformer", "Reversible Transformer", "Chunked Reversible Transformer",
-                                          "LSH Transformer", "Reformer"]
+    assert [r["model"] for r in rows] == [
+        "Transformer",
+        "Reversible Transformer",
+        "Chunked Reversible Transformer",
+        "LSH Transformer",
+        "Reformer",
+    ]
 
 
 def test_values_computed_by_hand():
@@ -79,8 +84,16 @@ def test_table_command_rejects_bad_numbers(capsys):
 import torch  # noqa: E402
 
 from minireformer.measuring.complexity import (  # noqa: E402
-    MEASURE, VARIANTS, LayerStack, activation_peak, build_variant, measure_variant, measured_table,
-    memory_scaling, table_values)
+    MEASURE,
+    VARIANTS,
+    LayerStack,
+    activation_peak,
+    build_variant,
+    measure_variant,
+    measured_table,
+    memory_scaling,
+    table_values,
+)
 from minireformer.measuring.report import loglog_slope  # noqa: E402
 from minireformer.model import ReformerLM  # noqa: E402
 
@@ -89,8 +102,10 @@ TINY = dict(b=1, l=128, d_model=16, d_ff=64, n_h=2, n_l=2, n_r=2, chunk_len=16, 
 
 def test_the_papers_own_configuration_by_hand():
     # the command's defaults: b=8, l=64K, d_model=1K, d_ff=4K, n_h=8, n_l=12, n_r=8, c=128²
-    rows = {r["model"]: r for r in complexity_table(b=8, l=1 << 16, d_model=1 << 10, d_ff=1 << 12, n_h=8, n_l=12,
-                                                    n_r=8, c=1 << 14)}
+    rows = {
+        r["model"]: r
+        for r in complexity_table(b=8, l=1 << 16, d_model=1 << 10, d_ff=1 << 12, n_h=8, n_l=12, n_r=8, c=1 << 14)
+    }
     assert rows["Transformer"]["memory"] == 8 * 8 * (1 << 32) * 12  # b n_h l² dominates b l d_ff, times n_l
     assert rows["Reversible Transformer"]["memory"] == 8 * 8 * (1 << 32)
     assert rows["Reformer"]["memory"] == 8 * 8 * (1 << 16) * 8 * (1 << 14)  # b n_h l n_r c
@@ -108,8 +123,10 @@ def test_every_formula_renders_as_latex():
 
 
 def test_measured_c_is_the_keys_each_query_scores():
-    assert table_values(dict(chunk_len=16)) == {**{k: MEASURE[k] for k in ("b", "l", "d_model", "d_ff", "n_h",
-                                                                            "n_l", "n_r")}, "c": 32}
+    assert table_values(dict(chunk_len=16)) == {
+        **{k: MEASURE[k] for k in ("b", "l", "d_model", "d_ff", "n_h", "n_l", "n_r")},
+        "c": 32,
+    }
 
 
 def test_activation_peak_leaves_out_parameter_gradients():
@@ -144,8 +161,9 @@ def test_unknown_variant_is_named():
 @pytest.mark.parametrize("reversible", [False, True])
 def test_the_layer_stack_is_the_models_middle(reversible):
     torch.manual_seed(0)
-    model = ReformerLM(vocab_size=11, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=40, attention="full",
-                       reversible=reversible)
+    model = ReformerLM(
+        vocab_size=11, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=40, attention="full", reversible=reversible
+    )
     tokens = torch.randint(0, 11, (2, 40))
     x = model.embed(tokens) + model.positions(40)
     assert torch.allclose(model.head(model.norm(LayerStack(model)(x))), model(tokens), atol=1e-6)
@@ -176,8 +194,9 @@ def test_measured_orderings_follow_the_table(table):
 @pytest.fixture(scope="module")
 def depth():
     models = ["Transformer", "Reversible Transformer", "LSH Transformer", "Reformer"]
-    return memory_scaling(models, "n_l", [2, 8], **TINY), memory_scaling(["Transformer"], "n_l", [2, 8], what="saved",
-                                                                         **TINY)
+    return memory_scaling(models, "n_l", [2, 8], **TINY), memory_scaling(
+        ["Transformer"], "n_l", [2, 8], what="saved", **TINY
+    )
 
 
 def test_memory_against_depth(depth):
@@ -198,8 +217,12 @@ def test_memory_against_length():
 
 def test_chunking_removes_d_ff():
     widths = [64, 1024]  # l = 128, n_h = 2: the feed-forward dominates once d_ff > n_h l = 256
-    peak = memory_scaling(["Reversible Transformer", "Chunked Reversible Transformer", "LSH Transformer", "Reformer"],
-                          "d_ff", widths, **TINY)
+    peak = memory_scaling(
+        ["Reversible Transformer", "Chunked Reversible Transformer", "LSH Transformer", "Reformer"],
+        "d_ff",
+        widths,
+        **TINY,
+    )
     ratio = {m: b / a for m, (a, b) in peak.items()}
     assert ratio["Reversible Transformer"] >= 2 and ratio["LSH Transformer"] >= 2
     assert ratio["Chunked Reversible Transformer"] <= 1.05
@@ -250,8 +273,9 @@ def test_step_time_experiment_takes_the_median_of_interleaved_steps_per_model_an
         return {name: [3.0, 1.0, 2.0 + i] for i, name in enumerate(steps)}
 
     monkeypatch.setattr(complexity, "interleaved", fake_interleaved)
-    times = complexity.step_time_experiment((32, 64), repeats=3, d_model=16, d_ff=32, n_h=2, chunk_len=16,
-                                            ff_chunk_size=16)
+    times = complexity.step_time_experiment(
+        (32, 64), repeats=3, d_model=16, d_ff=32, n_h=2, chunk_len=16, ff_chunk_size=16
+    )
     assert list(times) == list(complexity.STEP_TIME_MODELS)
     assert calls == [(sorted(complexity.STEP_TIME_MODELS), 3)] * 2  # one interleaved round per length
     assert times == {name: [min(3.0, 2.0 + i)] * 2 for i, name in enumerate(complexity.STEP_TIME_MODELS)}

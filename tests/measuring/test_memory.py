@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minireformer.measuring.memory import BudgetedPeak, MemoryBudgetExceeded, StoragePeak, peak_memory, saved_activation_bytes
+from minireformer.measuring.memory import (
+    BudgetedPeak,
+    MemoryBudgetExceeded,
+    StoragePeak,
+    peak_memory,
+    saved_activation_bytes,
+)
 
 
 def test_saved_bytes_of_a_matrix_product_are_its_two_operands():

@@ -20,6 +20,7 @@ class FakeClock:
         def run():
             self.calls.append(name)
             self.now += seconds.pop(0)
+
         return run
 
 
@@ -63,5 +64,3 @@ def test_devices_and_threads():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     assert "torch" in timing.machine() or torch.cuda.is_available()
-
-

@@ -5,8 +5,8 @@ import json
 import subprocess
 import sys
 
-from minireformer.training import fullscale
 from minireformer.__main__ import main
+from minireformer.training import fullscale
 
 
 def test_every_stage_runs_at_full_scale_and_the_results_are_written(tmp_path, monkeypatch, capsys):
@@ -20,7 +20,10 @@ def test_every_stage_runs_at_full_scale_and_the_results_are_written(tmp_path, mo
     main(["fullscale", "--out", str(tmp_path / "full"), "--memory", "40GiB"])
     argvs = [" ".join(argv) for argv, _ in calls]
     assert all(scale == "full" for _, scale in calls)
-    assert argvs[0].startswith(f"{sys.executable} -m minireformer plan --scale full --json") and "--memory 40GiB" in argvs[0]
+    assert (
+        argvs[0].startswith(f"{sys.executable} -m minireformer plan --scale full --json")
+        and "--memory 40GiB" in argvs[0]
+    )
     assert any("duplication --scale full --out" in a for a in argvs)
     assert any("longseq --scale full --parts curves figure3 sweep long" in a for a in argvs)
     assert sum("bench" in a for a in argvs) == 2
@@ -28,8 +31,15 @@ def test_every_stage_runs_at_full_scale_and_the_results_are_written(tmp_path, mo
     assert len(lessons) == 2 and all(f"--output-dir {tmp_path / 'full' / 'notebooks'}" in a for a in lessons)
     assert lessons[0].endswith("notebooks/06_duplication_task.ipynb") and lessons[1].endswith("07_long_sequences.ipynb")
     results = json.loads((tmp_path / "full" / "results.json").read_text())
-    assert [s["stage"] for s in results["stages"]] == ["plan", "duplication", "longseq", "bench", "bench",
-                                                        "lessons", "lessons"]
+    assert [s["stage"] for s in results["stages"]] == [
+        "plan",
+        "duplication",
+        "longseq",
+        "bench",
+        "bench",
+        "lessons",
+        "lessons",
+    ]
     assert [s["returncode"] for s in results["stages"]].count(1) == 1
     assert "failed: ['duplication']" in capsys.readouterr().out
 

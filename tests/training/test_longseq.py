@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from minireformer.training import longseq, settings
 from minireformer.measuring.report import loglog_slopes
 from minireformer.measuring.steps import training_step
-from minireformer.training.trainer import step_loss
 from minireformer.model import ReformerConfig, ReformerLM
+from minireformer.training import longseq, settings
+from minireformer.training.trainer import step_loss
 
 TINY = dict(d_model=16, n_heads=2, d_ff=32, n_layers=2, chunk_len=16, n_rounds=2)
 
@@ -49,8 +49,11 @@ def test_the_full_size_64k_model_takes_training_steps_on_a_cpu():
 
 def test_learning_curves_are_reproducible_and_start_near_eight_bits(corpus):
     train = dict(seq_len=32, batch_size=2, steps=4, eval_every=2, eval_batches=1, lr=3e-3, warmup=1)
-    models = {"a": longseq.VARIANTS["Reformer"], "b": longseq.VARIANTS["Reformer"],
-              "c": longseq.VARIANTS["Transformer"]}
+    models = {
+        "a": longseq.VARIANTS["Reformer"],
+        "b": longseq.VARIANTS["Reformer"],
+        "c": longseq.VARIANTS["Transformer"],
+    }
     curves = longseq.learning_curves(models, model=TINY, train=train, corpus=corpus, progress=False)
     assert list(curves) == ["a", "b", "c"]
     for c in curves.values():
@@ -77,7 +80,7 @@ def test_memory_grows_linearly_for_the_reformer_and_quadratically_with_full_atte
     assert all(0.5 < s < 1.1 for s in reformer), reformer  # linear (or better) in L
     assert all(a < b for a, b in zip(full, full[1:])) and full[-1] > 1.7, full  # tending to quadratic
     # the quadratic part is the [n_layers, heads, L, L] probabilities kept for backward (4 bytes each)
-    scores = TINY["n_layers"] * TINY["n_heads"] * 512 ** 2 * 4
+    scores = TINY["n_layers"] * TINY["n_heads"] * 512**2 * 4
     assert series["shared-QK Transformer"][1][-1] > scores
     assert series["Reformer"][1][-1] < scores / 2
     again = longseq.length_sweep(models, lengths, model=TINY, time_it=False, progress=False)
@@ -105,31 +108,36 @@ def test_a_memory_budget_stops_full_attention_and_skips_longer_lengths():
     table = longseq.format_sweep(rows)
     assert "out of memory (needs ~" in table and "skipped" in table
     # the budget also stops the Reformer's reversible backward pass cleanly when it is too small
-    tiny = longseq.length_sweep(longseq.variants(["Reformer"]), [64, 128], model=TINY, memory_budget=1000,
-                                time_it=False, progress=False)
+    tiny = longseq.length_sweep(
+        longseq.variants(["Reformer"]), [64, 128], model=TINY, memory_budget=1000, time_it=False, progress=False
+    )
     assert [r["status"] for r in tiny] == ["out of memory", "skipped"]
 
 
 def test_a_time_budget_skips_lengths_predicted_to_be_too_slow():
-    rows = longseq.length_sweep(longseq.variants(["Transformer"]), [32, 64, 128, 256], model=TINY,
-                                time_budget=1e-9, progress=False)
+    rows = longseq.length_sweep(
+        longseq.variants(["Transformer"]), [32, 64, 128, 256], model=TINY, time_budget=1e-9, progress=False
+    )
     assert [r["status"] for r in rows] == ["ok", "too slow", "too slow", "too slow"]  # one step, then predicted
 
 
 def test_extrapolation():
     points = [(n, 5 * n + 0.01 * n * n) for n in (100, 200)]
-    assert longseq._extrapolate(points, 800) == pytest.approx(5 * 800 + 0.01 * 800 ** 2)
+    assert longseq._extrapolate(points, 800) == pytest.approx(5 * 800 + 0.01 * 800**2)
     assert longseq._extrapolate(points[:1], 400) == pytest.approx(4 * points[0][1])
     assert longseq._extrapolate([], 400) is None
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(lengths=[]), "lengths must name at least one length"),
-    (dict(lengths=[64, 1.5]), "every length must be an integer >= 2, got 1.5"),
-    (dict(batch_size=0), "batch_size must be a positive integer"),
-    (dict(memory_budget=-1), "memory_budget must be a positive number"),
-    (dict(time_budget=0), "time_budget must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lengths=[]), "lengths must name at least one length"),
+        (dict(lengths=[64, 1.5]), "every length must be an integer >= 2, got 1.5"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(memory_budget=-1), "memory_budget must be a positive number"),
+        (dict(time_budget=0), "time_budget must be a positive number"),
+    ],
+)
 def test_bad_sweep_arguments(kwargs, message):
     arguments = dict(lengths=[64], model=TINY, progress=False) | kwargs
     with pytest.raises(ValueError, match=message):
@@ -155,8 +163,12 @@ def test_command_line_help_and_a_bad_budget(capsys):
 def test_the_sampler_is_saved_and_loaded_and_a_bad_file_is_named(tmp_path, monkeypatch):
     from minireformer.training.trainer import CheckpointError
 
-    tiny = {"sampler": dict(model=dict(TINY), train=dict(seq_len=32, batch_size=2, steps=2, lr=1e-3, warmup=1,
-                                                          eval_every=1, eval_batches=1))}
+    tiny = {
+        "sampler": dict(
+            model=dict(TINY),
+            train=dict(seq_len=32, batch_size=2, steps=2, lr=1e-3, warmup=1, eval_every=1, eval_batches=1),
+        )
+    }
     monkeypatch.setattr(longseq, "SAMPLER_SETTINGS", tiny)
     curve = longseq.train_sampler(tmp_path / "sampler.pt", progress=False)
     model, saved_curve = longseq.load_sampler(tmp_path / "sampler.pt")
@@ -172,7 +184,8 @@ def test_the_sampler_is_saved_and_loaded_and_a_bad_file_is_named(tmp_path, monke
 
 def test_the_shipped_sampler_loads_and_learned_what_its_record_says():
     model, curve = longseq.load_sampler()
-    assert model.config == ReformerConfig(**dict(longseq.SAMPLER_SETTINGS["sampler"]["model"], vocab_size=256,
-                                                 max_len=128))
+    assert model.config == ReformerConfig(
+        **dict(longseq.SAMPLER_SETTINGS["sampler"]["model"], vocab_size=256, max_len=128)
+    )
     assert curve["bits_per_byte"][-1] < 2.6  # words, not only byte statistics (lesson 07 samples from it)
     assert longseq.SAMPLER.stat().st_size < 5 * 2**20

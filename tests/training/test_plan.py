@@ -5,16 +5,25 @@ import json
 
 import pytest
 
-from minireformer.training import longseq, plan
-from minireformer.measuring.report import binary_bytes
 from minireformer.__main__ import main
+from minireformer.measuring.report import binary_bytes
+from minireformer.training import longseq, plan
 
 GiB, MiB = 2**30, 2**20
 SMALL = dict(d_model=64, n_heads=4, d_ff=128, n_layers=2, chunk_len=32, n_rounds=2)  # lesson 07's quick model
 
 
-@pytest.mark.parametrize("text, expected", [("24GiB", 24 * GiB), ("80GB", 80 * 10**9), ("512 MiB", 512 * MiB),
-                                            ("1.5TiB", int(1.5 * 2**40)), ("4096", 4096), ("2kb", 2000)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("24GiB", 24 * GiB),
+        ("80GB", 80 * 10**9),
+        ("512 MiB", 512 * MiB),
+        ("1.5TiB", int(1.5 * 2**40)),
+        ("4096", 4096),
+        ("2kb", 2000),
+    ],
+)
 def test_sizes_parse(text, expected):
     assert plan.parse_size(text) == expected
 
@@ -29,8 +38,9 @@ def test_a_bad_size_is_named(text):
 def test_the_predicted_step_is_within_25_percent_of_the_measured_one(variant):
     """Fitted at L 64-256, predicted at 2 x 512 and 4 x 1024 (up to 16 times the probed tokens), against the
     exact peak of the step measured there: linear variants and the quadratic shared-QK Transformer."""
-    run = plan.lm_run(variant, "test", dict(SMALL, **longseq.VARIANTS[variant]), dict(seq_len=1024, batch_size=4),
-                      vocab=256)
+    run = plan.lm_run(
+        variant, "test", dict(SMALL, **longseq.VARIANTS[variant]), dict(seq_len=1024, batch_size=4), vocab=256
+    )
     prediction = plan.predict(run, (64, 128, 256), time_it=False)
     module = plan.build(run).train()
     for batch, length in ((2, 512), (4, 1024)):
@@ -40,8 +50,17 @@ def test_the_predicted_step_is_within_25_percent_of_the_measured_one(variant):
 
 @pytest.mark.parametrize("kind", ["full", "lsh"])
 def test_the_predicted_attention_layer_is_within_25_percent(kind):
-    run = plan.Run(f"bench attention: {kind}", "test", dict(kind=kind, n_rounds=2), 2, 512, kind="attention",
-                   optimizer=False, shrink=False, sweep=True)
+    run = plan.Run(
+        f"bench attention: {kind}",
+        "test",
+        dict(kind=kind, n_rounds=2),
+        2,
+        512,
+        kind="attention",
+        optimizer=False,
+        shrink=False,
+        sweep=True,
+    )
     prediction = plan.predict(run, (64, 128, 256), time_it=False)
     measured = plan.step_peak(run, plan.build(run).train(), 2, 512)
     assert prediction.step_bytes(2, 512) == pytest.approx(measured, rel=0.25)
@@ -70,13 +89,24 @@ def test_the_verdicts():
 def test_every_full_scale_run_gets_a_verdict_and_nothing_that_fits_is_over_the_memory(monkeypatch, capsys):
     """`plan --scale full --memory 40GiB` with a stand-in for the (slow) measurement: each run's prediction
     grows with its tokens, so some fit, some shrink, some are skipped."""
-    monkeypatch.setattr(plan, "predict", lambda run, lengths=None, time_it=True: fake_prediction(
-        run.seq_len * 2**20 * (8 if plan.quadratic(run) else 1)))
+    monkeypatch.setattr(
+        plan,
+        "predict",
+        lambda run, lengths=None, time_it=True: fake_prediction(
+            run.seq_len * 2**20 * (8 if plan.quadratic(run) else 1)
+        ),
+    )
     assert main(["plan", "--scale", "full", "--memory", "40GiB", "--json"]) is None
     rows = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in rows]
-    for expected in ("Table 2: train lsh-4", "curves: shared-QK Transformer", "sweep: Reformer", "64K: Reformer",
-                     "bench attention: full (shared-QK)", "bench reversible: 12 reversible blocks"):
+    for expected in (
+        "Table 2: train lsh-4",
+        "curves: shared-QK Transformer",
+        "sweep: Reformer",
+        "64K: Reformer",
+        "bench attention: full (shared-QK)",
+        "bench reversible: 12 reversible blocks",
+    ):
         assert expected in names
     assert len(rows) == len(plan.runs("full"))
     assert {r["verdict"].split(" with")[0] for r in rows} == {"fits", "out of memory", "skipped"}
@@ -114,12 +144,14 @@ def test_learning_curves_ask_the_plan_and_shrink_the_batch_or_skip(capsys):
     run = plan.lm_run("r", "", options, dict(train, task="text"), vocab=256)
     prediction = plan.predict(run, time_it=False)
     memory = prediction.peak(2, 64) / plan.HEADROOM * 1.01
-    curves = longseq.learning_curves(longseq.variants(["shared-QK Transformer"]), model=model, train=train,
-                                     memory=memory, progress=False)
+    curves = longseq.learning_curves(
+        longseq.variants(["shared-QK Transformer"]), model=model, train=train, memory=memory, progress=False
+    )
     assert curves["shared-QK Transformer"]["trainer"].micro == 2
     assert "batch 4 as micro-batches of 2 (the memory plan)" in capsys.readouterr().out
-    curves = longseq.learning_curves(longseq.variants(["shared-QK Transformer"]), model=model, train=train,
-                                     memory=prediction.static, progress=False)
+    curves = longseq.learning_curves(
+        longseq.variants(["shared-QK Transformer"]), model=model, train=train, memory=prediction.static, progress=False
+    )
     assert curves == {}
     assert "shared-QK Transformer: skipped, needs" in capsys.readouterr().out
 
@@ -132,8 +164,14 @@ def test_a_constant_gradient_does_not_hide_the_activations():
     """A learned position table for 32K positions has an 8 MiB gradient, which at short lengths would set the peak
     of a step and hide the activations. The plan measures a step without the parameters' gradients (they are
     counted with the parameters), so probes at 256-1024 predict the step at 8192 (8 times the longest probe)."""
-    run = plan.lm_run("sweep", "test", dict(SMALL, **longseq.VARIANTS["Reformer"], n_layers=1, max_len=32768),
-                      dict(seq_len=8192, batch_size=1), vocab=256, sweep=True)
+    run = plan.lm_run(
+        "sweep",
+        "test",
+        dict(SMALL, **longseq.VARIANTS["Reformer"], n_layers=1, max_len=32768),
+        dict(seq_len=8192, batch_size=1),
+        vocab=256,
+        sweep=True,
+    )
     prediction = plan.predict(run, time_it=False)
     assert prediction.lengths == plan.PROBE_LENGTHS
     measured = plan.step_peak(run, plan.build(run).train(), 1, 8192)

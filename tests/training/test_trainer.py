@@ -9,19 +9,43 @@ import torch
 
 from minireformer.__main__ import main
 from minireformer.measuring.report import read_run
-from minireformer.training.duplication import (DUPLICATION_SCALES, PAPER_TABLE2, duplication_configs, evaluate_attentions,
-                                      format_table2, parse_attention)
-from minireformer.model import ReformerLM
 from minireformer.measuring.timing import cpu_threads
-from minireformer.training.trainer import (CheckpointError, Trainer, TrainConfig, evaluate_checkpoint,
-                                mean_over_processes)
+from minireformer.model import ReformerLM
+from minireformer.training.duplication import (
+    DUPLICATION_SCALES,
+    PAPER_TABLE2,
+    duplication_configs,
+    evaluate_attentions,
+    format_table2,
+    parse_attention,
+)
+from minireformer.training.trainer import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    evaluate_checkpoint,
+    mean_over_processes,
+)
 
 TINY_MODEL = dict(d_model=16, n_heads=2, d_ff=16, n_layers=2, chunk_len=4, n_rounds=2, dropout=0.1)
 
 
 def tiny_train(**overrides):
-    return TrainConfig(**dict(dict(task="duplication", steps=6, batch_size=4, seq_len=16, n_symbols=7, warmup=2,
-                                   eval_every=3, eval_batches=1), **overrides))
+    return TrainConfig(
+        **dict(
+            dict(
+                task="duplication",
+                steps=6,
+                batch_size=4,
+                seq_len=16,
+                n_symbols=7,
+                warmup=2,
+                eval_every=3,
+                eval_batches=1,
+            ),
+            **overrides,
+        )
+    )
 
 
 def train_losses(metrics):
@@ -39,8 +63,12 @@ def test_short_duplication_training_learns_to_copy_across_half_the_sequence():
     """0w0w with L = 32: the second w can only be predicted by attending 16 positions back, through LSH
     attention's buckets. Chance is 1/15; a model whose attention missed the copy position stays near it."""
     model = dict(d_model=64, d_ff=64, n_heads=4, n_layers=1, attention="lsh", n_rounds=2, chunk_len=8)
-    trainer = Trainer(model, TrainConfig(task="duplication", steps=150, batch_size=16, seq_len=32, n_symbols=15,
-                                         lr=3e-3, warmup=20, eval_every=150))
+    trainer = Trainer(
+        model,
+        TrainConfig(
+            task="duplication", steps=150, batch_size=16, seq_len=32, n_symbols=15, lr=3e-3, warmup=20, eval_every=150
+        ),
+    )
     trainer.run(progress=False)
     accuracy = evaluate_attentions(trainer, ["lsh-8", "lsh-2", "full"], batches=8)
     assert accuracy["lsh-8"] > 0.97 and accuracy["lsh-2"] > 0.9 and accuracy["full"] > 0.9, accuracy
@@ -86,15 +114,18 @@ class NotAllowedInACheckpoint:
     pass
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "does not exist"),
-    ("truncated", "is corrupt or not a torch file"),
-    ("garbage", "is corrupt or not a torch file"),
-    ("code", "is corrupt or not a torch file"),  # pickled objects other than tensors and plain values: refused
-    ("foreign", "is not a minireformer checkpoint"),
-    ("incomplete", r"is incomplete: missing \['optimizer'\]"),
-    ("weights", "does not fit this model"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", "does not exist"),
+        ("truncated", "is corrupt or not a torch file"),
+        ("garbage", "is corrupt or not a torch file"),
+        ("code", "is corrupt or not a torch file"),  # pickled objects other than tensors and plain values: refused
+        ("foreign", "is not a minireformer checkpoint"),
+        ("incomplete", r"is incomplete: missing \['optimizer'\]"),
+        ("weights", "does not fit this model"),
+    ],
+)
 def test_a_bad_checkpoint_is_refused_with_the_reason(tmp_path, damage, message):
     path = saved_checkpoint(tmp_path)
     data = path.read_bytes()
@@ -182,19 +213,43 @@ def test_two_processes_under_torchrun_follow_the_one_process_loss_curve(tmp_path
     """DistributedDataParallel on 2 CPU processes (gloo), each with half of every global batch, against one
     process with the whole batch: the same losses and weights up to float rounding."""
     model = dict(TINY_MODEL, dropout=0.0)
-    train = dict(task="duplication", steps=5, batch_size=8, seq_len=16, n_symbols=7, warmup=2, eval_every=5,
-                 eval_batches=1, lr=3e-3)
+    train = dict(
+        task="duplication",
+        steps=5,
+        batch_size=8,
+        seq_len=16,
+        n_symbols=7,
+        warmup=2,
+        eval_every=5,
+        eval_batches=1,
+        lr=3e-3,
+    )
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER.format(model=model, train=train)))
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     single = Trainer(model, TrainConfig(**train))
     expected = single.run(progress=False)
     got = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    torch.testing.assert_close(torch.tensor(train_losses(got)), torch.tensor(train_losses(expected)),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(train_losses(got)), torch.tensor(train_losses(expected)), rtol=1e-5, atol=1e-6
+    )
     assert train_losses(got)[-1] < train_losses(got)[0]  # and it did train
     shares = [torch.load(tmp_path / "ddp" / f"batch{rank}.pt") for rank in (0, 1)]
     assert shares[0].shape == (4, 16)  # each process takes its half of the global batch, not all of it
@@ -237,9 +292,14 @@ def test_table_helpers():
 
 
 # ---- the command line -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command, words", [("train", ["--attention", "--resume", "--compile", "--device"]),
-                                            ("eval", ["--checkpoint", "--n-rounds"]),
-                                            ("duplication", ["--scale", "--out"])])
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("train", ["--attention", "--resume", "--compile", "--device"]),
+        ("eval", ["--checkpoint", "--n-rounds"]),
+        ("duplication", ["--scale", "--out"]),
+    ],
+)
 def test_cli_help(command, words, capsys):
     with pytest.raises(SystemExit) as exit:
         main([command, "--help"])
@@ -248,19 +308,22 @@ def test_cli_help(command, words, capsys):
     assert all(word in out for word in words)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--steps", "0"], "argument --steps: invalid positive integer value: '0'"),
-    (["train", "--attention", "sparse"], "argument --attention: invalid choice: 'sparse'"),
-    (["train", "--d-model", "30", "--n-heads", "4"], r"d_model \(30\) must be divisible by n_heads \(4\)"),
-    (["train", "--seq-len", "33"], "seq_len must be even for the duplication task"),
-    (["train", "--device", "tpu9"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu9'"),
-    (["train", "--task", "text", "--corpus", "/nonexistent.txt"], "--corpus /nonexistent.txt: no such file"),
-    (["train", "--attention", "lsh", "--no-shared-qk"], "LSH attention needs shared_qk=True"),
-    (["train", "--resume", "--out", "{tmp}/nothing"], "--resume: no checkpoint.pt in"),
-    (["eval", "--checkpoint", "x.pt", "--attention", "full", "--n-rounds", "4"], "--n-rounds only applies to"),
-    (["eval", "--checkpoint", "{tmp}/missing.pt"], "checkpoint .*missing.pt does not exist"),
-    (["duplication", "--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--steps", "0"], "argument --steps: invalid positive integer value: '0'"),
+        (["train", "--attention", "sparse"], "argument --attention: invalid choice: 'sparse'"),
+        (["train", "--d-model", "30", "--n-heads", "4"], r"d_model \(30\) must be divisible by n_heads \(4\)"),
+        (["train", "--seq-len", "33"], "seq_len must be even for the duplication task"),
+        (["train", "--device", "tpu9"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu9'"),
+        (["train", "--task", "text", "--corpus", "/nonexistent.txt"], "--corpus /nonexistent.txt: no such file"),
+        (["train", "--attention", "lsh", "--no-shared-qk"], "LSH attention needs shared_qk=True"),
+        (["train", "--resume", "--out", "{tmp}/nothing"], "--resume: no checkpoint.pt in"),
+        (["eval", "--checkpoint", "x.pt", "--attention", "full", "--n-rounds", "4"], "--n-rounds only applies to"),
+        (["eval", "--checkpoint", "{tmp}/missing.pt"], "checkpoint .*missing.pt does not exist"),
+        (["duplication", "--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
+    ],
+)
 def test_cli_errors_name_the_argument(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([arg.format(tmp=tmp_path) for arg in argv])
@@ -276,9 +339,33 @@ def test_cli_refuses_cuda_without_cuda(capsys):
 
 
 def test_cli_train_resume_and_eval(tmp_path, capsys):
-    args = ["train", "--steps", "3", "--seq-len", "16", "--n-symbols", "7", "--d-model", "16", "--n-heads", "2",
-            "--d-ff", "16", "--n-layers", "1", "--chunk-len", "4", "--batch-size", "4", "--eval-every", "2",
-            "--out", str(tmp_path), "--device", "cpu"]
+    args = [
+        "train",
+        "--steps",
+        "3",
+        "--seq-len",
+        "16",
+        "--n-symbols",
+        "7",
+        "--d-model",
+        "16",
+        "--n-heads",
+        "2",
+        "--d-ff",
+        "16",
+        "--n-layers",
+        "1",
+        "--chunk-len",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     main(args)
     main([*args[:2], "5", *args[3:], "--resume"])
     out = capsys.readouterr().out
@@ -325,24 +412,46 @@ def test_the_losses_travel_through_the_device_nccl_reduces(monkeypatch):
 def test_token_ids_outside_the_vocabulary_are_named():
     model = ReformerLM(vocab_size=10, d_model=16, n_heads=2, d_ff=16, n_layers=1, max_len=8, attention="full")
     for bad, (low, high) in ((torch.tensor([[1, 10]]), (1, 10)), (torch.tensor([[-1, 3]]), (-1, 3))):
-        with pytest.raises(ValueError, match=rf"tokens must be ids in \[0, vocab_size\) = \[0, 10\), "
-                                             rf"got ids from {low} to {high}"):
+        with pytest.raises(
+            ValueError,
+            match=rf"tokens must be ids in \[0, vocab_size\) = \[0, 10\), "
+            rf"got ids from {low} to {high}",
+        ):
             model(bad)
     assert model(torch.tensor([[0, 9]])).shape == (1, 2, 10)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "corpus .* has 0 bytes; need at least 2"),
-    ("a small corpus of 35 bytes in total", r"the corpus has 35 bytes, so its train split has 33: fewer than "
-                                            r"seq_len \+ 1 = 65"),
-    ("x" * 1000, r"its val split has 50: fewer than seq_len \+ 1 = 65"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "corpus .* has 0 bytes; need at least 2"),
+        (
+            "a small corpus of 35 bytes in total",
+            r"the corpus has 35 bytes, so its train split has 33: fewer than "
+            r"seq_len \+ 1 = 65",
+        ),
+        ("x" * 1000, r"its val split has 50: fewer than seq_len \+ 1 = 65"),
+    ],
+)
 def test_a_too_small_corpus_ends_train_with_one_line(text, message, tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text)
     with pytest.raises(SystemExit) as exit:
-        main(["train", "--task", "text", "--corpus", str(corpus), "--seq-len", "64", "--steps", "1",
-              "--out", str(tmp_path / "run")])
+        main(
+            [
+                "train",
+                "--task",
+                "text",
+                "--corpus",
+                str(corpus),
+                "--seq-len",
+                "64",
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     assert exit.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
@@ -401,12 +510,17 @@ def test_the_committed_quick_table2_is_a_run_of_todays_quick_configuration_and_s
 def test_table2_trends_name_each_broken_trend():
     from minireformer.training.duplication import table2_trends
 
-    good = {"full": dict(full=1.0, **{"lsh-8": 1.0, "lsh-4": 0.99, "lsh-2": 0.95, "lsh-1": 0.85}),
-            **{row: dict(full=1.0, **{"lsh-8": 1.0, "lsh-4": 1.0, "lsh-2": 0.97, "lsh-1": one})
-               for row, one in (("lsh-4", 0.83), ("lsh-2", 0.80), ("lsh-1", 0.75))}}
+    good = {
+        "full": dict(full=1.0, **{"lsh-8": 1.0, "lsh-4": 0.99, "lsh-2": 0.95, "lsh-1": 0.85}),
+        **{
+            row: dict(full=1.0, **{"lsh-8": 1.0, "lsh-4": 1.0, "lsh-2": 0.97, "lsh-1": one})
+            for row, one in (("lsh-4", 0.83), ("lsh-2", 0.80), ("lsh-1", 0.75))
+        },
+    }
     assert all(table2_trends(good).values())
     flat = dict(good, full=dict(good["full"], **{"lsh-1": 0.95}))  # the quick table of before: nothing falls
     assert [claim for claim, ok in table2_trends(flat).items() if not ok] == [
-        "full-trained LSH-1 at least 10 points below LSH-8"]
+        "full-trained LSH-1 at least 10 points below LSH-8"
+    ]
     swapped = dict(good, **{"lsh-1": dict(good["lsh-1"], **{"lsh-1": 0.9})})
     assert not table2_trends(swapped)["with LSH-1, more training rounds score higher"]
