@@ -1,6 +1,6 @@
 """Loaded by pytest before anything else: the test run is the quick scale everywhere.
 
-On a CUDA machine the lessons default to the full scale (minireformer.scale), which under nbval would mean
+On a CUDA machine the lessons default to the full scale (minireformer.training.scale), which under nbval would mean
 hours of training and cells past nbval's timeout. So the README's test command runs every unit test and
 every lesson at the quick scale unless ``MINIREFORMER_SCALE=full`` asks for the paper's sizes. The
 kernels nbval starts inherit this environment; ``jupyter lab`` outside pytest still picks by the device.

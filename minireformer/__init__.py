@@ -1,6 +1,7 @@
 """minireformer: the Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020) built one mechanism at a time.
 
-The core, one module per mechanism, is the paper; read it in this order (each imports only the ones above it):
+The core, one module per mechanism, is the paper: it imports nothing else of the package. Read it in the lessons'
+order:
 
 - ``checks``: the one argument check every module shares.
 - ``hashing``: angular LSH by random rotation, ``h(x) = argmax([xR; -xR])`` (section 2.2; lesson 01).

@@ -141,7 +141,7 @@ def main(argv=None):
         ),
     }
     args = parser.parse_args(argv)
-    # the command line as typed, for the runs a command writes on record (measure.write_run)
+    # the command line as typed, for the runs a command writes on record (measuring.report.write_run)
     args.command_line = shlex.join(["python", "-m", "minireformer", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "figures":
         for path in save_figures(args.out, args.names):

@@ -163,10 +163,16 @@ class LSHSelfAttention(SelfAttention):
         n_buckets // 2]``."""
         if self.rotations is not None:
             return self.rotations
-        n_buckets, d = self.n_buckets or default_n_buckets(qk.shape[-2], self.chunk_len), qk.shape[-1]
-        heads = self.n_heads if self.conventions.rotations_per_head else 1
-        rotations = random_rotations(d, n_buckets, self.n_rounds * heads, generator=self.generator, device=qk.device)
+        columns, heads = self.rotation_columns(qk.shape[-2]), self.n_heads if self.conventions.rotations_per_head else 1
+        rotations = random_rotations(
+            qk.shape[-1], columns, self.n_rounds * heads, generator=self.generator, device=qk.device
+        )
         return rotations.unflatten(0, (heads, self.n_rounds)) if heads > 1 else rotations
+
+    def rotation_columns(self, length):
+        """Twice the rotations' columns for a sequence of ``length``: the number of buckets (the paper's
+        ``2 L / chunk_len`` unless ``n_buckets`` is set)."""
+        return self.n_buckets or default_n_buckets(length, self.chunk_len)
 
     def hash(self, qk, rotations):
         """``(buckets [B, h, n_rounds, L], n_buckets)`` of ``qk [B, h, L, d_head]``: the fast hash."""

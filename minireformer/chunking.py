@@ -21,9 +21,10 @@ from torch.utils.checkpoint import checkpoint
 from .checks import check_int
 
 
-def check_chunk_size(chunk_size):
+def check_chunk_size(chunk_size, name="chunk_size"):
+    """Raise a ValueError unless ``chunk_size`` is None or a positive integer."""
     if chunk_size is not None:
-        check_int("chunk_size", chunk_size)
+        check_int(name, chunk_size)
 
 
 def chunked_feed_forward(ff, x, chunk_size):
@@ -51,7 +52,8 @@ def chunked_feed_forward(ff, x, chunk_size):
 
 class FeedForward(nn.Module):
     """Position-wise feed-forward ``Linear(d_model, d_ff) -> activation -> dropout -> Linear(d_ff, d_model)``,
-    run in chunks of ``chunk_size`` positions (None: unchunked; a plain attribute). ``activation``: an
+    run in chunks of ``chunk_size`` positions (None: unchunked; a plain attribute). In a reversible block the
+    block chunks it instead (:class:`~minireformer.reversible.RevBlock`'s ``g_chunk_size``). ``activation``: an
     ``nn.Module``, GELU by default (the Transformer's and trax's: ReLU)."""
 
     def __init__(self, d_model, d_ff, *, dropout=0.0, chunk_size=None, activation=None):

@@ -118,18 +118,20 @@ class BucketTape:
     the backward pass that follows at once (``blocked_attention(keep=True)``)."""
 
     def __init__(self):
-        self.calls, self.tensors, self.replaying = [], [], False  # calls: (qk's shape, n_buckets) of each
+        self.calls, self.tensors = [], []  # each call's (qk's shape, n_buckets), and its ids
+        self.replaying, self.played = False, 0
 
     def buckets(self, hash_fn, qk, rotations):
         """``hash_fn(qk, rotations) -> (buckets, n_buckets)``, recorded; or, replaying, the next recorded call's."""
         call = tuple(qk.shape)
         if self.replaying:
-            if not self.tensors:
+            if self.played == len(self.calls):
                 raise RuntimeError(
                     "replaying LSH buckets: this call was not recorded (the branch calls LSH attention "
                     "more often than in the forward pass)"
                 )
-            (recorded, n_buckets), buckets = self.calls.pop(0), self.tensors.pop(0)
+            (recorded, n_buckets), buckets = self.calls[self.played], self.tensors[self.played]
+            self.played += 1
             if recorded != call:
                 raise RuntimeError(
                     f"replaying LSH buckets: recorded for qk {list(recorded)}, but this call hashes qk "
@@ -137,26 +139,34 @@ class BucketTape:
                 )
             return buckets.long(), n_buckets
         buckets, n_buckets = hash_fn(qk, rotations)
-        small = torch.uint8 if n_buckets <= 256 else torch.int16 if n_buckets <= 2**15 else torch.int32
+        # in the smallest integer type that holds the ids, n_buckets included (it marks padding)
+        small = torch.uint8 if n_buckets < 2**8 else torch.int16 if n_buckets < 2**15 else torch.int32
         self.calls.append((call, n_buckets))
-        self.tensors.append(buckets.to(small))  # in the smallest integer type that holds the ids
+        self.tensors.append(buckets.to(small))
         return buckets, n_buckets
 
     def take(self):
-        """The recorded ids, handed over (the reversible stack saves them for backward)."""
+        """The recorded ids, handed over (the reversible stack saves them for backward, and gives them back to
+        :meth:`replay`)."""
         tensors, self.tensors = self.tensors, []
         return tensors
 
     @contextmanager
     def replay(self, tensors=None):
         """Play the recorded calls back in order inside this block (``tensors``: the recorded ids, as autograd
-        gave them back); every recorded call must be replayed."""
+        gave them back); every recorded call must be replayed. A tape may be played back more than once (a second
+        backward pass through a retained graph)."""
         if tensors is not None:
             self.tensors = list(tensors)
-        self.replaying = True
-        yield self
-        if self.tensors:
-            raise RuntimeError(f"replaying LSH buckets: {len(self.tensors)} recorded call(s) were not replayed")
+        self.replaying, self.played = True, 0
+        try:
+            yield self
+            if self.played < len(self.calls):
+                raise RuntimeError(
+                    f"replaying LSH buckets: {len(self.calls) - self.played} recorded call(s) were not replayed"
+                )
+        finally:
+            self.replaying = False
 
 
 # ---- attention in blocks of chunks ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ see a window of ``w = (1 + look_back) * c`` keys. Keys are unit vectors ``k = qk
 scores are scaled by ``1 / sqrt(d)``.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -60,7 +61,8 @@ class Conventions:
     - ``concat_rounds``: the rounds' sorted sequences laid end to end before they are cut into chunks, so a
       round's first chunk looks back into the last chunk of the round before (and round 0's into the last
       round's); False: each round wraps around on its own.
-    - ``rotations_per_head``: each head hashes with rotations of its own (HF); False: shared by the heads.
+    - ``rotations_per_head``: each head hashes with rotations of its own (HF); False: shared by the heads. (The
+      layer reads it when it draws the rotations; the attention functions take whatever rotations they are given.)
     """
 
     scale: float | None = None
@@ -96,9 +98,9 @@ def conventions_of(value):
     ``"reformer-pytorch"``) or a dict of its fields (as a saved configuration holds it)."""
     if isinstance(value, Conventions):
         return value
-    if isinstance(value, dict):
+    if isinstance(value, dict) and set(value) <= {f for f in Conventions.__dataclass_fields__}:
         return Conventions(**value)
-    if value in PRESETS:
+    if isinstance(value, str) and value in PRESETS:
         return PRESETS[value]
     raise ValueError(
         f"conventions must be a Conventions, a dict of its fields or one of {sorted(PRESETS)}, got {value!r}"
@@ -224,6 +226,25 @@ def key_norms(qk, key_eps=None):
 
 
 # ---- the steps composed: LSH attention ----------------------------------------------------------------------
+def float32_at_least(attention):
+    """An attention function of ``(qk, v, ...)`` run with autocast off and float16/bfloat16 inputs upcast to float32,
+    so that the -1e5 self bias and the mask never overflow; its results come back in qk's dtype."""
+
+    @functools.wraps(attention)
+    def run(qk, v, *args, **kwargs):
+        half = torch.is_tensor(qk) and qk.dtype in (torch.float16, torch.bfloat16)
+        with torch.autocast(qk.device.type if torch.is_tensor(qk) else "cpu", enabled=False):
+            if half and torch.is_tensor(v) and v.dtype == qk.dtype:
+                qk, v, dtype = qk.float(), v.float(), qk.dtype
+            result = attention(qk, v, *args, **kwargs)
+        if not half:
+            return result
+        return tuple(r.to(dtype) for r in result) if isinstance(result, tuple) else result.to(dtype)
+
+    return run
+
+
+@float32_at_least
 def lsh_attention(
     qk, v, rotations, *, chunk_len, causal=False, look_back=1, dedup=False, conventions=PAPER, return_attention=False
 ):
@@ -288,6 +309,7 @@ def lsh_attention(
     return (out[..., :d_v], out[..., d_v:].detach()) if return_attention else out
 
 
+@float32_at_least
 def lsh_attention_reference(
     qk,
     v,
@@ -365,6 +387,8 @@ def check_lsh_inputs(qk, v, rotations, chunk_len, look_back, dedup=False, conven
         raise ValueError("dedup counts each round's window on its own: it cannot be combined with concat_rounds")
     if rotations is None:
         return
+    if torch.is_tensor(rotations) and rotations.device != qk.device:
+        raise ValueError(f"rotations are on {rotations.device} but qk is on {qk.device}")
     if (
         not torch.is_tensor(rotations)
         or rotations.dim() < 3

@@ -60,10 +60,10 @@ class ReformerConfig:
     def __post_init__(self):
         if self.attention not in ("lsh", "full"):
             raise ValueError(f"attention must be 'lsh' or 'full', got {self.attention!r}")
-        if "lsh" in self.kinds() and not self.shared_qk:
-            raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len", "n_rounds", "chunk_len"):
             check_int(name, getattr(self, name))
+        if "lsh" in self.kinds() and not self.shared_qk:
+            raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.axial_shape is not None:
@@ -147,8 +147,9 @@ class ReformerLM(nn.Module):
             AxialPositions(c.axial_shape, c.d_model) if c.axial_shape else LearnedPositions(c.max_len, c.d_model)
         )
         self.dropout = nn.Dropout(c.dropout)
+        ff_chunk_size = None if c.reversible else c.ff_chunk_size  # a reversible block chunks its G itself
         layers = [
-            (PreNorm(c.d_model, self.make_attention(kind)), PreNorm(c.d_model, self.make_feed_forward()))
+            (PreNorm(c.d_model, self.make_attention(kind)), PreNorm(c.d_model, self.make_feed_forward(ff_chunk_size)))
             for kind in c.kinds()
         ]
         if c.reversible:
@@ -177,10 +178,10 @@ class ReformerLM(nn.Module):
             )
         return FullSelfAttention(c.d_model, c.n_heads, causal=c.causal, dropout=c.dropout, shared_qk=c.shared_qk)
 
-    def make_feed_forward(self):
-        """A layer's feed-forward: ``d_ff`` wide, in chunks of ``ff_chunk_size`` positions."""
+    def make_feed_forward(self, chunk_size):
+        """A layer's feed-forward: ``d_ff`` wide, in chunks of ``chunk_size`` positions."""
         c = self.config
-        return FeedForward(c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size)
+        return FeedForward(c.d_model, c.d_ff, dropout=c.dropout, chunk_size=chunk_size)
 
     def attention_layers(self):
         """The ``PreNorm`` wrapper of every layer's attention, in order."""

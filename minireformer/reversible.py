@@ -21,8 +21,9 @@ backward pass (forked, so the RNG stream outside is left as the forward pass lef
 re-entered with the state it had in the forward pass. The buckets LSH attention hashed are recorded and
 played back: the stack lends a :class:`~minireformer.fast_lsh.BucketTape` to every
 :class:`~minireformer.attention.LSHSelfAttention` inside a branch for the branch's call (the tape says why
-replaying its rotations is not enough). A position-wise G (the chunked feed-forward) that a block declares
-chunked (``RevBlock(f, g, g_chunk_size=...)``) is recomputed and back-propagated one chunk at a time.
+replaying its rotations is not enough; a branch that hashes by other means than an ``LSHSelfAttention`` layer is
+recomputed without a tape). A block whose G runs in chunks (``RevBlock(f, g, g_chunk_size=...)``, the chunked
+feed-forward) recomputes and back-propagates it one chunk at a time.
 Besides the output ``(y1, y2)`` the stack keeps two RNG states per block (the CPU generator's is 5,056
 bytes, an accelerator's a few bytes) and, with LSH attention, each block's bucket ids (1-4 bytes per
 token, head and round).
@@ -38,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from .attention import LSHSelfAttention
+from .chunking import check_chunk_size, chunked_feed_forward
 from .fast_lsh import BucketTape
 
 
@@ -64,16 +66,21 @@ def _check_halves(x1, x2):
 class RevBlock(nn.Module):
     """``(x1, x2) -> (x1 + f(x2), x2 + g(y1))``; ``f`` and ``g`` map ``[..., d]`` to the same shape. Make them
     ``nn.Module`` s: the reversible backward gives gradients to their parameters (and no other tensors).
-    ``g_chunk_size``: g is position-wise and runs in chunks of this many positions (a chunked feed-forward), so the
-    reversible backward recomputes and back-propagates it chunk by chunk (None: all at once)."""
+
+    ``g_chunk_size``: g is position-wise (a feed-forward), and the block runs it on chunks of this many positions,
+    ``Y2 = [X2^(1) + G(Y1^(1)); ...]`` as the paper writes it (:func:`~minireformer.chunking.chunked_feed_forward`);
+    the reversible backward then recomputes and back-propagates it chunk by chunk. None: all at once. A plain
+    attribute, read by the forward and the backward pass alike."""
 
     def __init__(self, f, g, *, g_chunk_size=None):
         super().__init__()
+        check_chunk_size(g_chunk_size, "g_chunk_size")
         self.f, self.g, self.g_chunk_size = f, g, g_chunk_size
 
     def branch(self, name, x):
-        """``f(x)`` or ``g(x)``, checked to keep the shape (broadcasting would silently break the inverse)."""
-        out = getattr(self, name)(x)
+        """``f(x)`` or ``g(x)`` (in chunks of ``g_chunk_size``), checked to keep the shape (broadcasting would
+        silently break the inverse)."""
+        out = self.f(x) if name == "f" else chunked_feed_forward(self.g, x, self.g_chunk_size)
         if out.shape != x.shape:
             raise ValueError(
                 f"RevBlock.{name} must keep the shape of its input {tuple(x.shape)}, got {tuple(out.shape)}"
@@ -130,13 +137,14 @@ def lent(tape, branch):
     """Lend ``tape`` (a :class:`~minireformer.fast_lsh.BucketTape`) to every LSH attention layer inside ``branch``
     for the block: their calls record their buckets in it, or play them back from it."""
     layers = [m for m in branch.modules() if isinstance(m, LSHSelfAttention)] if isinstance(branch, nn.Module) else []
+    before = [layer.tape for layer in layers]
     for layer in layers:
         layer.tape = tape
     try:
         yield tape
     finally:
-        for layer in layers:
-            layer.tape = None
+        for layer, tape in zip(layers, before):
+            layer.tape = tape
 
 
 @contextmanager
@@ -161,10 +169,9 @@ def _vjp(out, x, params, grad):
 
 def _recompute_g(block, y1, y2, dy2, params, accumulate):
     """G recomputed under autograd from ``y1`` and back-propagated at once: ``(x2 = y2 - G(y1), G's share of dy1)``,
-    G's parameter gradients passed to ``accumulate``. A G the block declares position-wise in chunks
-    (``g_chunk_size``: a chunked :class:`~minireformer.chunking.FeedForward`, alone or after a LayerNorm) is done
-    one chunk at a time, in the forward pass's order (so each chunk replays its dropout mask): one chunk's graph
-    exists at a time, as in its forward pass, and no chunk is recomputed a second time for its backward."""
+    G's parameter gradients passed to ``accumulate``. A G the block runs in chunks (``g_chunk_size``) is done one
+    chunk at a time, in the forward pass's order (so each chunk replays its dropout mask): one chunk's graph exists
+    at a time, as in its forward pass, and no chunk is recomputed a second time for its backward."""
     size = block.g_chunk_size
     if not size or size >= y1.shape[-2]:
         y1 = y1.detach().requires_grad_()

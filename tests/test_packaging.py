@@ -63,8 +63,8 @@ def test_readme_has_the_two_commands_ci_runs():
     readme_command = load_readme_command()
     course, test = readme_command("course"), readme_command("test")
     setup = "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e "
-    assert course.startswith(setup + ". ") and test.startswith(setup + "'.[compare]' ")  # the tests run HF's too
-    assert "jupyter lab" in course and test.endswith("python -m pytest")
+    assert course.startswith(setup + ". ") and test.startswith(setup + "'.[compare,test]' ")  # HF's and ruff too
+    assert "jupyter lab" in course and test.endswith("ruff check && ruff format --check && python -m pytest")
     assert "readme_command.py test" in (ROOT / ".ci" / "run").read_text()
 
 

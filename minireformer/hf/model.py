@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import LSHSelfAttention, SelfAttention, default_n_buckets
+from ..attention import LSHSelfAttention, SelfAttention
 from ..checks import check_int
 from ..chunking import FeedForward
 from ..fast_lsh import hash_block, hash_buckets
-from ..hashing import check_n_buckets, hash_vectors, random_rotations
+from ..hashing import check_n_buckets, hash_vectors
 from ..lsh import chunk_mask, look_back_chunks, pad_buckets, split_chunks
 from ..model import AxialPositions, ReformerConfig, ReformerLM
 
@@ -185,7 +185,7 @@ class LocalSelfAttention(SelfAttention):
 class PublishedLSHSelfAttention(LSHSelfAttention):
     """:class:`~minireformer.attention.LSHSelfAttention` with HF's options: factorized buckets (``bucket_factors``),
     the sequence padded to ``pad_multiple`` before it is chunked, and with ``hash_seed`` HF's rotations in every
-    pass: ``[n_heads, d_head, n_rounds, columns]`` from a generator seeded with it, on x's device and in its dtype
+    pass: ``[n_heads, d_head, n_rounds, columns / 2]`` from a generator seeded with it, on x's device and in its dtype
     (HF seeds torch's global RNG instead; the numbers are the same)."""
 
     def __init__(self, d_model, n_heads, *, bucket_factors=None, pad_multiple=None, hash_seed=None, **options):
@@ -203,24 +203,24 @@ class PublishedLSHSelfAttention(LSHSelfAttention):
         self.bucket_factors, self.hash_seed = bucket_factors, hash_seed
         self.pad_multiple = _check_pad_multiple(pad_multiple, self.chunk_len)
 
+    def rotation_columns(self, length):
+        return sum(self.bucket_factors) if self.bucket_factors else super().rotation_columns(length)
+
     def draw_rotations(self, qk):
-        if self.rotations is not None or (self.bucket_factors is None and self.hash_seed is None):
+        if self.rotations is not None or self.hash_seed is None:
             return super().draw_rotations(qk)
-        columns = (
-            sum(self.bucket_factors)
-            if self.bucket_factors
-            else self.n_buckets or default_n_buckets(qk.shape[-2], self.chunk_len)
+        # as HF: manual_seed(hash_seed), then randn [heads, d, rounds, columns / 2]
+        generator, columns = torch.Generator(qk.device).manual_seed(self.hash_seed), self.rotation_columns(qk.shape[-2])
+        rotations = torch.randn(
+            self.n_heads,
+            qk.shape[-1],
+            self.n_rounds,
+            columns // 2,
+            generator=generator,
+            device=qk.device,
+            dtype=qk.dtype,
         )
-        d = qk.shape[-1]
-        if self.hash_seed is not None:  # as HF: manual_seed(hash_seed), then randn [heads, d, rounds, columns / 2]
-            generator = torch.Generator(qk.device).manual_seed(self.hash_seed)
-            rotations = torch.randn(
-                self.n_heads, d, self.n_rounds, columns // 2, generator=generator, device=qk.device, dtype=qk.dtype
-            )
-            return rotations.permute(0, 2, 1, 3)  # [heads, rounds, d, columns / 2]
-        heads = self.n_heads if self.conventions.rotations_per_head else 1
-        rotations = random_rotations(d, columns, self.n_rounds * heads, generator=self.generator, device=qk.device)
-        return rotations.unflatten(0, (heads, self.n_rounds)) if heads > 1 else rotations
+        return rotations.permute(0, 2, 1, 3)  # [heads, rounds, d, columns / 2]
 
     def hash(self, qk, rotations):
         if self.bucket_factors is None:
@@ -344,8 +344,8 @@ class PublishedReformerLM(ReformerLM):
             layer = super().make_attention(kind, n_rounds, attention_fn)
         return hf_heads(layer, c.d_head, c.out_bias)
 
-    def make_feed_forward(self):
+    def make_feed_forward(self, chunk_size):
         c = self.config
         return FeedForward(
-            c.d_model, c.d_ff, dropout=c.dropout, chunk_size=c.ff_chunk_size, activation=ACTIVATIONS[c.activation]()
+            c.d_model, c.d_ff, dropout=c.dropout, chunk_size=chunk_size, activation=ACTIVATIONS[c.activation]()
         )

@@ -106,5 +106,5 @@ def read_run(path):
         raise ValueError(f"cannot read the run in {path}: {error}") from None
     missing = [key for key in ("command", "machine", "results") if key not in run]
     if missing:
-        raise ValueError(f"{path} is not a run written by measure.write_run: it lacks {missing}")
+        raise ValueError(f"{path} is not a run written by measuring.report.write_run: it lacks {missing}")
     return run

@@ -75,11 +75,9 @@ def reversible_stack(
 
     if seed is not None:
         torch.manual_seed(seed)
-    blocks = [
+    blocks = [  # the block runs G in chunks of ff_chunk_size (RevBlock's g_chunk_size)
         RevBlock(
-            branch(make_attention()),
-            branch(FeedForward(d_model, d_ff, dropout=dropout, chunk_size=ff_chunk_size)),
-            g_chunk_size=ff_chunk_size,
+            branch(make_attention()), branch(FeedForward(d_model, d_ff, dropout=dropout)), g_chunk_size=ff_chunk_size
         )
         for _ in range(n_blocks)
     ]

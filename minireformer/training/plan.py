@@ -317,7 +317,7 @@ def predict(run, lengths=None, *, time_it=True):
     module = build(run, max_len=max(run.model.get("max_len", 0), max(lengths)) if run.kind == "lm" else None)
     module.train()
     # The length probes run at the run's own batch (up to PROBE_BATCH): what saturates with B x L (LSH hashes
-    # blocks of at most lsh.HASH_BLOCK coordinates) then shows as what it is at the real size, a constant.
+    # blocks of at most fast_lsh.HASH_BLOCK coordinates) then shows as what it is at the real size, a constant.
     batch = min(run.batch_size, PROBE_BATCH)
     m = [step_peak(run, module, batch, n) for n in lengths]
     other = 2 if batch == 1 else 1  # a second batch size at the first length gives the per-sample share

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checks import check_int
+from ..lsh import Conventions
 from ..measuring.timing import cpu_threads, resolve_device
 from ..model import ReformerConfig, ReformerLM
 from .data import ByteCorpus, duplication_batch, duplication_target_mask, load_corpus
@@ -261,6 +262,10 @@ class Trainer:
             vocab = ByteCorpus.vocab_size
         else:
             self.corpus, vocab = None, c.n_symbols + 1
+        # plain values only (a checkpoint is read back with weights_only): the conventions as a dict of their fields
+        conventions = model_config.get("conventions")
+        if isinstance(conventions, Conventions):
+            model_config = dict(model_config, conventions=asdict(conventions))
         self.model_config = dict(model_config, vocab_size=vocab)
         self.model_config.setdefault("max_len", c.seq_len)
         self.random = RandomStream(self.device, c.seed)  # the initial weights come from it too

@@ -301,8 +301,9 @@ def test_the_presets_are_the_implementations_choices():
     assert HF == Conventions(**dict(vars(TRAX), rotations_per_head=True))  # HF's port: one rotation per head
     assert (REFORMER_PYTORCH.scale, REFORMER_PYTORCH.key_eps) == (None, None) and REFORMER_PYTORCH.concat_rounds
     assert conventions_of("hf") is HF and conventions_of(vars(TRAX)) == TRAX and conventions_of(PAPER) is PAPER
-    with pytest.raises(ValueError, match="conventions must be a Conventions"):
-        conventions_of("pytorch")
+    for bad in ("pytorch", dict(scale=1.0, temperature=2.0)):
+        with pytest.raises(ValueError, match="conventions must be a Conventions"):
+            conventions_of(bad)
 
 
 @pytest.mark.parametrize(
@@ -336,3 +337,5 @@ def test_errors_name_the_argument(fn):
         fn(torch.ones(2, 10, 8, dtype=torch.long), v, rotations, chunk_len=4)
     with pytest.raises(TypeError, match="conventions must be a Conventions"):
         fn(qk, v, rotations, chunk_len=4, conventions="hf")
+    with pytest.raises(ValueError, match="rotations are on meta but qk is on cpu"):
+        fn(qk, v, rotations.to("meta"), chunk_len=4)

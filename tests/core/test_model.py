@@ -154,6 +154,7 @@ def test_separate_qk_attention_weights():
         (dict(shared_qk=False), "LSH attention needs shared_qk=True"),
         (dict(d_model=15), r"d_model \(15\) must be divisible by n_heads \(2\)"),
         (dict(n_layers=0), "n_layers must be a positive integer"),
+        (dict(n_layers=2.0), "n_layers must be a positive integer"),
         (dict(axial_shape=(4, 4)), "axial_shape must be"),
         (dict(merge="sum"), "merge must be 'mean' or 'concat'"),
         (dict(conventions="pytorch"), "conventions must be a Conventions"),

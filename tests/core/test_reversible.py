@@ -323,3 +323,43 @@ def test_reconstruction_error_replays_the_rng_and_measures_float32_drift():
     seq32 = stack(lambda: mlp(32), lambda: mlp(32), n_blocks=12, dtype=torch.float32).eval()
     error = reconstruction_error(seq32, torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(0)))
     assert 0 < error < 1e-5
+
+
+def test_the_stack_lends_each_lsh_layer_a_tape_for_its_branch_and_takes_it_back(monkeypatch):
+    seq, seen = CASES["LSH attention"](), []
+    real = fast_lsh.BucketTape.buckets
+    monkeypatch.setattr(fast_lsh.BucketTape, "buckets", lambda tape, *a: seen.append(tape) or real(tape, *a))
+    run(seq, x_like(), True)
+    # three blocks: each layer records its call in a tape of its own, then plays it back in the backward pass
+    assert len(seen) == 6 and len({id(tape) for tape in seen[:3]}) == 3
+    assert {id(tape) for tape in seen[3:]} == {id(tape) for tape in seen[:3]}
+    assert all(block.f.tape is None for block in seq.blocks)  # lent for the branch's call only
+    seen.clear()
+    run(seq, x_like(), False)  # ordinary autograd: nothing is recomputed, so nothing is taped
+    assert seen == []
+
+
+def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
+    seq, x = CASES["LSH attention"](), x_like()
+    torch.manual_seed(1)
+    y = merge(*seq(*duplicate(x)))
+    loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
+    first = torch.autograd.grad(loss, [x, *seq.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *seq.parameters()])  # the tapes play their buckets back again
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_the_block_chunks_g_as_its_chunk_size_says_at_every_call():
+    """The block runs G in chunks (the paper's Y2 = [X2^(1) + FF(Y1^(1)); ...]) and recomputes it in the same
+    chunks, so a chunk size changed after the stack was built changes both passes alike: the gradients still equal
+    ordinary autograd's, dropout included."""
+    seq, x = CASES["chunked feed-forward"](), x_like()
+    for size in (5, 8, None, 37):
+        for block in seq.blocks:
+            block.g_chunk_size = size
+        (_, grads, _), (_, grads_ref, _) = run(seq, x, True), run(seq, x, False)
+        for grad, grad_ref in zip(grads, grads_ref):
+            torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="g_chunk_size must be a positive integer"):
+        RevBlock(mlp(), mlp(), g_chunk_size=0)

@@ -28,7 +28,7 @@ def test_committed_figures_are_what_the_command_draws(tmp_path):
 
 
 def test_committed_figures_are_exactly_the_ones_the_command_makes():
-    # figures/screenshots/ holds the browser screenshots, refreshed by tests/test_jupyterlab.py instead.
+    # figures/screenshots/ holds the browser screenshots, refreshed by tests/course/test_jupyterlab.py instead.
     committed = {p.name for p in (ROOT / "figures").glob("*.png")}
     assert committed == set(figures())
     assert MACHINE_DEPENDENT <= committed
