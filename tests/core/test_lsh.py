@@ -27,7 +27,7 @@ from minireformer.lsh import (
     split_chunks,
     unsort,
 )
-from tests.helpers import assert_equal_results, make_inputs, outputs_and_grads
+from tests.helpers import assert_equal_results, grid_case, lsh_grid, make_inputs, outputs_and_grads
 
 
 # ---- the steps ------------------------------------------------------------------------------------------------
@@ -128,24 +128,11 @@ def test_steps_compose_to_lsh_attention():
 
 
 # ---- the composition against the dense reference, and what its weights are -------------------------------------
-@pytest.mark.parametrize("length", [32, 29])  # a multiple of chunk_len and not
-@pytest.mark.parametrize("dedup", [False, True])
-@pytest.mark.parametrize("same_bucket_only", [True, False])
-@pytest.mark.parametrize("look_back", [0, 1, 2])
-@pytest.mark.parametrize("n_rounds", [1, 2, 4])
-@pytest.mark.parametrize("causal", [False, True])
+@lsh_grid
 def test_readable_matches_reference(causal, n_rounds, look_back, same_bucket_only, dedup, length):
-    qk, v, rotations = make_inputs(length, n_rounds=n_rounds, n_buckets=4, seed=n_rounds * 100 + look_back)
-    kw = dict(
-        chunk_len=8,
-        causal=causal,
-        look_back=look_back,
-        dedup=dedup,
-        conventions=Conventions(same_bucket_only=same_bucket_only),
-    )
+    inputs, kw = grid_case(causal, n_rounds, look_back, same_bucket_only, dedup, length)
     assert_equal_results(
-        outputs_and_grads(lsh_attention, qk, v, rotations, **kw),
-        outputs_and_grads(lsh_attention_reference, qk, v, rotations, **kw),
+        outputs_and_grads(lsh_attention, *inputs, **kw), outputs_and_grads(lsh_attention_reference, *inputs, **kw)
     )
 
 
