@@ -39,16 +39,30 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .. import chunking, hashing, lsh
 from ..fast_lsh import fast_lsh_attention
-from ..measuring.memory import saved_activation_bytes
+from ..measuring.memory import StoragePeak, saved_activation_bytes
 from ..reversible import RevBlock
-from . import solutions
-from .checking import EXERCISES, NO_GRADIENT, Case, check, diagnose, exercises_of, hint, show_solution, solution
+from .checking import (
+    EXERCISES,
+    NO_GRADIENT,
+    AtMost,
+    Case,
+    check,
+    diagnose,
+    exercises_of,
+    hint,
+    how_they_differ,
+    progress,
+    show_solution,
+    show_value,
+    solution,
+)
 from .checking import register as _exercise
 
-__all__ = ["EXERCISES", "check", "diagnose", "exercises_of", "hint", "show_solution", "solution"]
+__all__ = ["EXERCISES", "check", "diagnose", "exercises_of", "hint", "progress", "show_solution", "solution"]
 
 
 # ---- the cases' inputs ------------------------------------------------------------------------------------
@@ -166,6 +180,11 @@ def _sort_reversed_ties(buckets):
     return sorted_pos, torch.argsort(sorted_pos, dim=-1)
 
 
+def _sort_unstable(buckets):
+    sorted_pos = torch.argsort(buckets, dim=-1)
+    return sorted_pos, torch.argsort(sorted_pos, dim=-1)
+
+
 _exercise(
     name="sort_by_bucket",
     lesson="02",
@@ -174,6 +193,11 @@ _exercise(
     cases=[
         Case("distinct buckets", _ints([2, 0, 3, 1])),
         Case("equal buckets keep their positions' order (ties broken by position)", _ints([1, 0, 1, 0, 1, 0])),
+        Case(
+            "40 tokens in 2 buckets: ties kept in position order however long the run (an unstable sort, "
+            "torch.argsort's default, reorders ties from about 32 elements on)",
+            _ints([1, 0] * 20),
+        ),
         Case("the padding bucket n_buckets sorts after every real bucket", _ints([4, 1, 0, 4, 1, 2])),
         Case(
             "several rounds and a batch [b, n_rounds, L]: each round sorts on its own",
@@ -184,6 +208,12 @@ _exercise(
     hint="Sort by the single key bucket * L + position (torch.argsort along the last dim): it orders by bucket and, "
     "inside a bucket, by position. undo is the inverse permutation: torch.argsort(sorted_pos) (or a scatter).",
     mistakes=[
+        (
+            "the sort is not stable: inside a bucket the tokens must stay in sequence order, and "
+            "torch.argsort(buckets) alone may reorder equal buckets (it does from about 32 elements on); sort "
+            "by the key bucket · L + position, or pass stable=True",
+            _sort_unstable,
+        ),
         (
             "ties within a bucket are reversed: inside a bucket the tokens stay in sequence order, so the key is "
             "bucket · L + position (not − position)",
@@ -408,11 +438,40 @@ def _attend_variant(*, self_bias=True, scale=True, mask=True, neg_inf=False, lse
     return wrong
 
 
+def _attend_compare(expected, got, args):
+    """Rows with at least one allowed key must agree; a row with none (a padding query, whose output the model
+    drops) only has to be finite: its softmax is over nothing, so -1e9 for masked keys (trax, HF), the most
+    negative float (the package) and exp(s - lse) @ v (the paper's form) all give different, equally right,
+    numbers there."""
+    empty = ~args["allowed"].any(dim=-1)  # [..., c]
+    shapes = (empty.shape + expected[0].shape[-1:], empty.shape)
+    if (
+        isinstance(got, (tuple, list))
+        and len(got) == 2
+        and all(torch.is_tensor(g) and g.shape == shape for g, shape in zip(got, shapes))
+    ):
+        for name, value in zip(("out", "lse"), got):
+            rows = value.detach()[empty]
+            if not bool(torch.isfinite(rows).all()):
+                return (
+                    f"{name} on a row where nothing is allowed (a padding query): expected finite numbers (the "
+                    f"model drops this row, but a nan or inf there turns the gradients nan), got {show_value(rows)}"
+                )
+        expected = tuple(e.masked_fill(_rows(empty, e), 0) for e in expected)
+        got = tuple(g.detach().masked_fill(_rows(empty, g), 0) for g in got)
+    return how_they_differ(expected, got, ("out", "lse"))
+
+
+def _rows(empty, value):
+    return empty[..., None] if value.dim() > empty.dim() else empty
+
+
 _exercise(
     name="attend",
     lesson="02",
     reference=lsh.attend,
     names=("out", "lse"),
+    compare=_attend_compare,
     cases=[
         _attend_case("2 queries, a window of 4 keys, everything allowed", 2, 4, 2, seed=15),
         _attend_case(
@@ -432,7 +491,8 @@ _exercise(
             allowed=[[True, False, False, False], [False, True, True, False]],
         ),
         _attend_case(
-            "a row where nothing is allowed (a padding query) stays finite",
+            "a row where nothing is allowed (a padding query): any finite out and lse (the model drops that row, "
+            "but a nan there would turn the gradients nan)",
             2,
             4,
             2,
@@ -443,8 +503,8 @@ _exercise(
         _attend_case("leading dims [b, r, n_chunks, c, d], random masks", 4, 8, 4, seed=20, leading=(2, 2, 3)),
     ],
     hint="scores = q @ k^T / sqrt(d); subtract 1e5 (lsh.SELF_BIAS) on the diagonal of the first c columns "
-    "(torch.eye(c, w)); put the most negative float (torch.finfo(dtype).min) where allowed is False; then "
-    "out = softmax(scores) @ v and lse = logsumexp(scores) over the keys.",
+    "(torch.eye(c, w)); put a very negative finite number (torch.finfo(dtype).min, or -1e9) where allowed is "
+    "False; then out = softmax(scores) @ v and lse = logsumexp(scores) over the keys.",
     mistakes=[
         (
             "no self bias: with shared QK every query is its own best match, so the query itself (the diagonal of the "
@@ -707,15 +767,17 @@ _exercise(
 
 # ---- 04: chunked_feed_forward -----------------------------------------------------------------------------
 def _ff_observe(fn, args, kwargs):
-    """The output, the gradients of a fixed loss with respect to x and ff's parameters, and the bytes the forward
-    pass saved for backward (``memory.saved_activation_bytes``; parameters not counted)."""
+    """The output, the gradients of a fixed loss with respect to x and ff's parameters, the peak bytes of the
+    tensors alive while the forward pass runs (``memory.StoragePeak``) and the bytes it saved for backward
+    (``memory.saved_activation_bytes``; parameters not counted)."""
     ff, x = args["ff"], args["x"].requires_grad_()
     result = {}
 
     def forward():
         result["output"] = fn(*args.values(), **kwargs)
 
-    saved = saved_activation_bytes(forward)
+    with StoragePeak(torch.device("cpu")) as tracker:
+        saved = saved_activation_bytes(forward)
     out = result["output"]
     observed = {"output": out}
     if torch.is_tensor(out) and out.shape == x.shape:
@@ -726,17 +788,23 @@ def _ff_observe(fn, args, kwargs):
             observed["gradients of ff's parameters"] = list(grads[1:])
         else:
             observed["gradient of x"] = NO_GRADIENT
-    observed["saved bytes"] = saved
+    observed["peak memory of the forward pass"] = tracker.peak
+    observed["memory saved for backward by the forward pass"] = saved
     return observed
 
 
 def _ff_expect(args, kwargs):
-    """What the package computes, with the memory allowed: what it saved plus one chunk's d_ff-wide tensors."""
+    """What the package computes, with the memory allowed: what it needed plus a few chunks' d_ff-wide tensors
+    (an unchunked forward needs the whole [L, d_ff] at once)."""
     observed = _ff_observe(chunking.chunked_feed_forward, args, kwargs)
     ff, x, chunk_size = args["ff"], args["x"], args["chunk_size"]
     rows = min(chunk_size or x.shape[-2], x.shape[-2]) * math.prod(x.shape[:-2])
-    d_ff = ff[0].out_features
-    observed["saved bytes"] += 3 * rows * d_ff * x.element_size()  # GELU's input, W2's input, and slack
+    chunk_bytes = rows * ff[0].out_features * x.element_size()  # one chunk's d_ff-wide tensor
+    for key, what in [
+        ("peak memory of the forward pass", "the output and one chunk's d_ff-wide intermediates at a time"),
+        ("memory saved for backward by the forward pass", "x and one chunk's d_ff-wide intermediates"),
+    ]:
+        observed[key] = AtMost(observed[key] + 3 * chunk_bytes, what)  # GELU's input, W2's input, and slack
     return observed
 
 
@@ -755,8 +823,7 @@ def _ff_drop_last(ff, x, chunk_size):
         return ff(x)
     full = x.shape[-2] - x.shape[-2] % chunk_size
     return torch.cat(
-        [solutions.chunked_feed_forward(ff, x[..., i : i + chunk_size, :], None) for i in range(0, full, chunk_size)],
-        dim=-2,
+        [checkpoint(ff, x[..., i : i + chunk_size, :], use_reentrant=False) for i in range(0, full, chunk_size)], dim=-2
     )
 
 
@@ -764,6 +831,16 @@ def _ff_plain_loop(ff, x, chunk_size):
     if chunk_size is None:
         return ff(x)
     return torch.cat([ff(chunk) for chunk in x.split(chunk_size, dim=-2)], dim=-2)
+
+
+def _ff_one_checkpoint(ff, x, chunk_size):
+    return checkpoint(ff, x, use_reentrant=False)
+
+
+def _ff_feature_chunks(ff, x, chunk_size):
+    if chunk_size is None:
+        return ff(x)
+    return torch.cat([checkpoint(ff, part, use_reentrant=False) for part in x.split(chunk_size, dim=-1)], dim=-1)
 
 
 _exercise(
@@ -778,8 +855,10 @@ _exercise(
         _ff_case("chunk_size=None: one call, unchunked", (5, 2), None, seed=37),
         _ff_case("chunk_size larger than L", (5, 2), 8, seed=38),
         _ff_case("leading dims [b, L, d]", (2, 9, 3), 4, seed=39),
+        _ff_case("d_model = 6 wider than chunk_size = 2: chunks cut positions, never features", (6, 6), 2, seed=41),
         _ff_case(
-            "memory: L = 256, d_ff = 256 in chunks of 32 — the forward keeps no [L, d_ff] intermediate",
+            "memory: L = 256, d_ff = 256 in chunks of 32 — no [L, d_ff] intermediate, neither alive at once in the "
+            "forward pass nor saved for backward",
             (256, 4),
             32,
             d_ff=256,
@@ -799,6 +878,16 @@ _exercise(
             "a plain loop under autograd saves every chunk's d_ff-wide intermediates: together they are the whole "
             "[L, d_ff] again (lesson 04, section 4); checkpoint each chunk so that backward recomputes it",
             _ff_plain_loop,
+        ),
+        (
+            "one checkpoint around the whole sequence saves little for backward, but its forward pass still "
+            "builds the whole [L, d_ff] intermediate at once: cut x into chunks of positions and checkpoint each",
+            _ff_one_checkpoint,
+        ),
+        (
+            "the chunks cut the features, not the positions: the feed-forward is position-wise, so split the "
+            "sequence dim (-2); a slice of the features is not a valid input of W1",
+            _ff_feature_chunks,
         ),
     ],
 )
