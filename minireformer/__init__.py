@@ -6,7 +6,7 @@ order:
 - ``checks``: the one argument check every module shares.
 - ``hashing``: angular LSH by random rotation, ``h(x) = argmax([xR; -xR])`` (section 2.2; lesson 01).
 - ``lsh``: LSH attention as small steps (sort, chunk, look back, mask, attend, unsort, combine) and their
-  composition ``lsh_attention``, the one to read; its slow dense twin; the implementations' conventions (lesson 02).
+  composition ``lsh_attention``, the one to read; its slow dense twin; the implementations' conventions (lesson 02; appendix A).
 - ``fast_lsh``: the same attention in blocks of chunks with a recomputing backward, what the layers run.
 - ``attention``: shared-QK full attention and the attention layers.
 - ``reversible``: reversible residual layers and their memory-free backward (section 3; lesson 03).
@@ -19,7 +19,7 @@ The course's machinery, in subpackages by job; imports go one way, each importin
   benchmarks and the implementations they compare with.
 - ``training``: every run's settings as data, the data, the trainer, the duplication task (lesson 06), long
   sequences (lesson 07), the memory plan and the full-scale command.
-- ``hf``: HF transformers' published Reformer built on the core, its weights and its logits (lesson 08).
+- ``hf``: HF transformers' published Reformer built on the core, its weights and its logits (appendix C).
 - ``course``: the lessons' experiments, figures, widgets, exercises, their checker and solutions.
 
 ``__main__`` holds the commands (``python -m minireformer``) and the one table that joins each experiment to its

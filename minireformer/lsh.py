@@ -53,7 +53,7 @@ NORM_EPS = 1e-12  # keys are q / max(|q|, eps), F.normalize's default
 @dataclass(frozen=True)
 class Conventions:
     """The choices of LSH attention the paper leaves open, where the well-known implementations differ
-    (lesson 02, section 10, measures each). The defaults are the paper's (:data:`PAPER`).
+    (appendix A, section 4, measures each). The defaults are the paper's (:data:`PAPER`).
 
     - ``scale``: the scores' factor; None: ``1 / sqrt(d)``; trax and HF: 1 (``q . k_hat``).
     - ``key_eps``: keys ``q / sqrt(|q|^2 + d key_eps)`` (trax, HF: 1e-6); None: ``q / |q|``.

@@ -1,4 +1,4 @@
-"""HF transformers' published Reformer, built on the course's core (lesson 08).
+"""HF transformers' published Reformer, built on the course's core (appendix C).
 
 - ``model``: what the published models do that the paper's does not (local attention layers, factorized buckets,
   padding to several chunk lengths, HF's shapes and seeded rotations), as options of ``PublishedConfig`` for

@@ -2,7 +2,7 @@
 (``google/reformer-crime-and-punishment``, ``google/reformer-enwik8``), with its weights and conventions.
 
     model = from_huggingface(ReformerModelWithLMHead.from_pretrained("google/reformer-crime-and-punishment"))
-    logits = model(tokens)  # [B, L, vocab_size]: HF's logits (tests/hf, lesson 08)
+    logits = model(tokens)  # [B, L, vocab_size]: HF's logits (tests/hf, appendix C)
 
 They agree to float64 rounding (5e-12 at most) in every configuration tested, and in float32 to 2e-6 except where
 HF's own float32 is inexact (causal, several hash rounds; ours is the closer to float64 there):
@@ -200,7 +200,7 @@ def from_huggingface(hf_model):
     return model.to(device=parameter.device, dtype=parameter.dtype).eval()
 
 
-# ---- the two published models, and small models shaped like them (tests/hf, lesson 08) ----------------------------
+# ---- the two published models, and small models shaped like them (tests/hf, appendix C) ----------------------------
 # Their config.json on the Hub, as HF ReformerConfig keywords (hf/published/*.json: crime-and-punishment has 6 layers
 # and a sentencepiece vocabulary of 320; enwik8 12 layers, three of them LSH, and bytes + 2), written from PaddleNLP's
 # port of them (paddlenlp/transformers/reformer/configuration.py), since the machine this was written on cannot reach

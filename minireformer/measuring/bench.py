@@ -8,7 +8,7 @@
   feed-forward d_ff 1024)``, ordinary vs reversible residuals, with and without chunked feed-forward; the
   peak with and without the parameters' gradients (those grow with depth in any stack).
 - ``buckets``: 12 of those blocks in float32 rebuild their input from their output, with the LSH buckets of
-  the forward pass played back or hashed again from the rebuilt inputs (lesson 03, "The buckets are recorded").
+  the forward pass played back or hashed again from the rebuilt inputs (appendix B, "The buckets are recorded").
 
 ``compare=True`` also runs HF transformers' and reformer-pytorch's layers and stacks
 (:mod:`minireformer.measuring.anchors`) at the same shape, their repeats interleaved with ours. Time is the median of

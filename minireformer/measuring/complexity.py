@@ -362,7 +362,7 @@ def step_time_experiment(lengths=(256, 4096), models=STEP_TIME_MODELS, *, repeat
     """Seconds per training step (forward + backward of the layer stack) of each model at each length: the median of
     ``repeats``, the models' steps taken in turn (:func:`~minireformer.measuring.timing.interleaved`), so a busy machine
     slows them alike. Sizes default to :data:`STEP_TIME_SIZES`. ``{model: [seconds per length]}``; timings, so they
-    differ from run to run and machine to machine (lesson 03 prints them, asserts nothing)."""
+    differ from run to run and machine to machine (appendix B prints them, asserts nothing)."""
     sizes = {**STEP_TIME_SIZES, **sizes}
     device = resolve_device(device)
     times = {model: [] for model in models}

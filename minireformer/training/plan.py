@@ -178,7 +178,7 @@ def runs(scale="full"):
         out.append(
             Run(
                 f"bench attention: {name}",
-                "lesson 02, bench attention",
+                "appendix A, bench attention",
                 model,
                 total // top,
                 top,
@@ -192,7 +192,7 @@ def runs(scale="full"):
         out.append(
             Run(
                 "bench attention: full (shared-QK)",
-                "lesson 02, bench attention",
+                "appendix A, bench attention",
                 dict(kind="full"),
                 total // length,
                 length,

@@ -318,3 +318,29 @@ def test_a_learner_types_a_solution_into_a_stub_and_reads_the_check(page, shots)
     check_cell.scroll_into_view_if_needed()
     check_cell.screenshot(path=shots / "exercise_check.png")
     assert errors_on_page(page) == ([], 0)
+
+
+def folded_cells_in(lesson):
+    """The committed lesson's cells that open folded: source and outputs hidden (the package's answers)."""
+    cells = json.loads((ROOT / "notebooks" / lesson).read_text())["cells"]
+    return [c for c in cells if c["metadata"].get("jupyter", {}).get("source_hidden")]
+
+
+@pytest.mark.parametrize("lesson", [name for name in LESSONS if folded_cells_in(name)])
+def test_the_packages_answers_open_folded_and_a_click_opens_them(page, lesson):
+    """The cells that show the package's version of an exercise open folded: their first line, a comment that says
+    what they hold, is all a learner sees until they click it; then the source is there."""
+    expect = playwright_api.expect
+    open_lesson(page, page.lab, lesson)
+    placeholders = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPlaceholder")
+    folded = folded_cells_in(lesson)
+    assert placeholders.count() == len(folded) > 0
+    for placeholder, cell in zip(placeholders.all(), folded):
+        first_line = "".join(cell["source"]).splitlines()[0]
+        expect(placeholder).to_contain_text(first_line.lstrip("# ")[:40])
+    code_cells = page.locator(".jp-Notebook .jp-CodeCell")
+    first = next(i for i in range(code_cells.count()) if code_cells.nth(i).locator(".jp-InputPlaceholder").count())
+    code_cell = code_cells.nth(first)
+    assert not code_cell.locator(".jp-OutputArea-output").first.is_visible()  # the answer's text stays out of view
+    code_cell.locator(".jp-InputPlaceholder").first.click()
+    expect(code_cell.locator(".cm-content")).to_contain_text("getsource", timeout=10_000)

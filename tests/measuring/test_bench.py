@@ -174,14 +174,14 @@ def test_a_step_over_the_budget_is_out_of_memory_and_the_sweep_goes_on():
     assert "out of memory" in bench.format_bench(rows)
 
 
-def test_lesson_02s_memory_claim_holds_when_full_attention_skips_the_long_lengths():
+def test_appendix_as_memory_claim_holds_when_full_attention_skips_the_long_lengths():
     """At full scale full attention runs at the short lengths only. Lesson 02 compared its growth with the
-    LSH rows' length ratio (32 against a growth of 1.0): the lesson failed on every GPU."""
+    LSH rows' length ratio (32 against a growth of 1.0): the lesson failed on every GPU. (Now in appendix A.)"""
     rows = bench.bench_attention(
         (256, 512, 1024), (4,), total_tokens=1024, repeats=1, device="cpu", sdpa=False, full_memory_limit=40 * 2**20
     )  # skips full attention at 1024
     assert any(r["model"].startswith("full") and "skipped" in r for r in rows)
-    exec(lesson_cell("02", 'bench.memory_growth(rows, "full (shared-QK)")'), {"bench": bench, "rows": rows})
+    exec(lesson_cell("appendix_a", 'bench.memory_growth(rows, "full (shared-QK)")'), {"bench": bench, "rows": rows})
     with pytest.raises(ValueError, match="full \\(shared-QK\\) ran at 1 length\\(s\\); a growth needs two"):
         bench.memory_growth([r for r in rows if r["length"] != 512], "full (shared-QK)")
 

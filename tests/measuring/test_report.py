@@ -48,4 +48,4 @@ def test_the_committed_bucket_run_is_a_run_of_its_command():
     run = report.read_run("bench_buckets.json")
     assert run["command"].startswith("python -m minireformer bench buckets")
     assert [row["seed"] for row in run["results"]] == list(range(12))
-    assert all(float(row["replayed"]) < 1e-5 for row in run["results"])  # lesson 03 quotes these
+    assert all(float(row["replayed"]) < 1e-5 for row in run["results"])  # appendix B quotes these
