@@ -6,7 +6,8 @@ order:
 - ``checks``: the one argument check every module shares.
 - ``hashing``: angular LSH by random rotation, ``h(x) = argmax([xR; -xR])`` (section 2.2; lesson 01).
 - ``lsh``: LSH attention as small steps (sort, chunk, look back, mask, attend, unsort, combine) and their
-  composition ``lsh_attention``, the one to read; its slow dense twin; the implementations' conventions (lesson 02; appendix A).
+  composition ``lsh_attention``, the one to read; its slow dense twin; the implementations' conventions (lesson 02;
+  appendix A).
 - ``fast_lsh``: the same attention in blocks of chunks with a recomputing backward, what the layers run.
 - ``attention``: shared-QK full attention and the attention layers.
 - ``reversible``: reversible residual layers and their memory-free backward (section 3; lesson 03).

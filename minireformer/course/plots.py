@@ -61,15 +61,32 @@ def draw_hash_circle(ax, points, rotations, buckets, n_buckets):
     ax.axis("off")
 
 
+def _spread_view(directions):
+    """(elevation, azimuth) in degrees from which the unit ``directions [n, 3]`` look furthest apart: the view
+    that maximises the smallest distance between two of them projected onto the screen (a 5° grid)."""
+    d = torch.nn.functional.normalize(directions.double(), dim=-1)
+    elev, azim = torch.meshgrid(torch.arange(-85.0, 90, 5), torch.arange(0.0, 360, 5), indexing="ij")
+    elev, azim = elev.flatten().double(), azim.flatten().double()
+    e, a = elev.deg2rad(), azim.deg2rad()
+    toward = torch.stack([e.cos() * a.cos(), e.cos() * a.sin(), e.sin()], -1)  # [views, 3]: toward the viewer
+    along = torch.einsum("vk,nk->vn", toward, d)
+    flat = d[None] - along[..., None] * toward[:, None]  # [views, n, 3]: the directions on the screen plane
+    gaps = torch.cdist(flat, flat) + torch.eye(len(d), dtype=d.dtype) * 10  # leave out each one's own distance
+    best = gaps.flatten(1).min(-1).values.argmax()
+    return elev[best].item(), azim[best].item()
+
+
 def draw_hash_sphere(ax, points, rotations, buckets, n_buckets):
-    """Draw one round on the unit sphere (a 3-D axes): coloured points and the directions ±R[:, i]."""
+    """Draw one round on the unit sphere (a 3-D axes): coloured points and the directions ±R[:, i], named in a
+    legend (numbers at the tips would overlap wherever two directions point nearly at the viewer)."""
     colors = bucket_colors(n_buckets)
     ax.scatter(points[:, 0], points[:, 1], points[:, 2], c=[colors[b] for b in buckets.tolist()], s=14, depthshade=True)
     directions = torch.cat([rotations[0].T, -rotations[0].T])
     for i, d in enumerate(directions):
         d = d / d.norm() * 1.35
-        ax.plot([0, d[0].item()], [0, d[1].item()], [0, d[2].item()], color=colors[i], lw=2)
-        ax.text(d[0].item(), d[1].item(), d[2].item(), str(i), fontsize=9)
+        ax.plot([0, d[0].item()], [0, d[1].item()], [0, d[2].item()], color=colors[i], lw=2, label=f"bucket {i}")
+    ax.legend(loc="lower center", ncols=min(n_buckets, 4), fontsize=8, handlelength=1.2, columnspacing=1.0)
+    ax.view_init(*_spread_view(directions))
     ax.set_box_aspect((1, 1, 1))
     for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         setter(-1.1, 1.1)
@@ -78,7 +95,7 @@ def draw_hash_sphere(ax, points, rotations, buckets, n_buckets):
 
 def plot_hash_rotation(n_points=40, n_buckets=4, *, seed=0, angles=(0.0, math.pi / 5)):
     """Figure: the same points hashed under two rotations of the circle, and under a Gaussian R on the sphere."""
-    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    fig = Figure(figsize=(12, 4.4), layout="compressed")  # compressed: constrained, made for equal-aspect panels
     for k, angle in enumerate(angles):
         ax = fig.add_subplot(1, 3, k + 1)
         data = hash_points(n_points, n_buckets, seed=seed, angle=angle)
@@ -165,15 +182,31 @@ LSH_STAGE_TEXT = {
 }
 
 
+def _plain_log_locator():
+    """Major ticks of a log axis at 1, 2, 5 x 10^k; on an axis that spans less than a decade, where those leave
+    one or two, at 1, 2, 3, 5, 7 x 10^k, and under half a decade at every digit x 10^k."""
+    from matplotlib.ticker import LogLocator
+
+    class PlainLogLocator(LogLocator):
+        def tick_values(self, vmin, vmax):
+            span = abs(math.log10(vmax / vmin)) if vmin > 0 and vmax > 0 else math.inf
+            subs = (1.0, 2.0, 5.0) if span >= 1 else (1.0, 2.0, 3.0, 5.0, 7.0) if span >= 0.5 else range(1, 10)
+            self.set_params(subs=[float(s) for s in subs])
+            return super().tick_values(vmin, vmax)
+
+    return PlainLogLocator()
+
+
 def plain_log_ticks(ax, xs=None):
-    """Log axes in plain numbers: x ticks at the values drawn (``xs``), y labels ``32``, ``0.5`` (not ``10^1.5``)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """Log axes in plain numbers: x ticks at the values drawn (``xs``), y labels ``32``, ``0.5`` (not ``10^1.5``),
+    at least three of them on any visible range."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     if xs is not None:
         ax.set_xticks(list(xs), [f"{v:g}" for v in xs], minor=False)
         ax.xaxis.set_minor_formatter(NullFormatter())
-    if ax.get_yscale() == "log":  # labels at 1, 2, 5 x 10^k: several on any axis, however short its range
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    if ax.get_yscale() == "log":  # labels at 1, 2, 5 x 10^k, denser on a short range (see _plain_log_locator)
+        ax.yaxis.set_major_locator(_plain_log_locator())
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -389,9 +422,10 @@ def plot_figure3(runs, baseline="Transformer", shared="shared-QK Transformer", r
     """The paper's Figure 3 at our scale: shared-QK vs separate Q/K (left), reversible vs ordinary residuals
     (right), each against the same ``baseline``, zoomed in on the second half of training. ``runs``: one
     :func:`minireformer.training.longseq.learning_curves` result per seed; a line is the mean, its band the range."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(10, 4), layout="constrained")
     steps = runs[0][baseline]["step"]
     late = [j for j, step in enumerate(steps) if step >= steps[len(steps) // 2]]
+    fig.suptitle(f"second half of training: mean (line) and range (band) of {len(runs)} seeds", fontsize=10)
     for ax, other, title in zip(
         fig.subplots(1, 2), (shared, reversible), ("shared-QK vs separate Q and K", "reversible vs ordinary residuals")
     ):
@@ -402,10 +436,10 @@ def plot_figure3(runs, baseline="Transformer", shared="shared-QK Transformer", r
         shown = torch.cat([bits[:, late] for bits in pair.values()])
         ax.set(
             xlim=(steps[late[0]], None),
-            ylim=(shown.min() - 0.05, shown.max() + 0.05),
+            ylim=(shown.min().item() - 0.05, shown.max().item() + 0.05),
             xlabel="training step",
             ylabel="bits per byte (held out)",
-            title=f"{title}: mean and range of {len(runs)} seeds",
+            title=title,
         )
         ax.grid(alpha=0.3)
         ax.legend()
@@ -500,14 +534,17 @@ def plot_duplication_batch(tokens, *, n_symbols=127):
 
 def plot_duplication_curves(curves):
     """Figure: second-half accuracy over training steps, ``curves`` ``{label: metrics rows of a Trainer}``
-    (train rows drawn thin, evaluation rows as dots)."""
+    (train rows, one per step, drawn thin; evaluation rows as separate dots, never joined: a line between two
+    evaluations would draw a gradual rise where the training curve jumps)."""
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.add_subplot()
     for i, (label, rows) in enumerate(curves.items()):
         train = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "train"]
         val = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "val"]
-        ax.plot(*zip(*train), color=f"C{i}", lw=0.8, alpha=0.6)
-        ax.plot(*zip(*val), "o-", color=f"C{i}", label=label)
+        ax.plot(*zip(*train), color=f"C{i}", lw=0.8, alpha=0.6, label=f"{label}: each training batch")
+        # each later model's dots smaller, so that equal accuracies at the same step stay visible
+        size = max(3, 9 - 3 * i)
+        ax.plot(*zip(*val), "o", ms=size, mec="k", mew=0.6, color=f"C{i}", label=f"{label}: held-out evaluation")
     ax.set(
         xlabel="step",
         ylabel="accuracy on the second half",
@@ -515,7 +552,7 @@ def plot_duplication_curves(curves):
         title="training on 0w0w: chance for a while, then the copy is found",
     )
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center right", fontsize=8)
     return fig
 
 
