@@ -41,7 +41,7 @@ def test_a_lesson_is_one_sitting(lesson):
 def test_a_notebook_opens_with_what_it_builds_needs_and_takes(notebook):
     first = source(cells(notebook)[0])
     assert re.search(r"\*\*Time:\*\* about \d+ minutes", first), notebook
-    assert re.search(r"the cells run in (about )?[\d.]+ (s|seconds|minutes?) on a 2-core laptop", first), notebook
+    assert re.search(r"the cells run in (about )?[\d.]+ (s|seconds|minutes?) on a 2-core CPU", first), notebook
     if notebook in LESSONS:
         assert "**In this lesson**" in first and ("**You need:**" in first or "**You need**" in first), notebook
 
