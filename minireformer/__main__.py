@@ -157,7 +157,7 @@ def main(argv=None):
         print(", ".join(f"{k}={v}" for k, v in values.items()))
         print(complexity.format_complexity(rows))
     elif args.command == "train":
-        trainer.train_from_args(args, subparsers["train"])
+        trainer.train_from_args(args, subparsers["train"], argv)
     elif args.command == "eval":
         trainer.eval_from_args(args, subparsers["eval"])
     elif args.command == "duplication":

@@ -8,8 +8,13 @@ What a training run must get right, and where it is done here:
 - **exact resume**: a checkpoint holds the model, the optimizer, the scheduler, the step and every random
   state (torch's CPU/CUDA generators, which draw dropout masks and hash rotations, and the data
   generator), written atomically (a temporary file, then a rename), so an interrupted run continues
-  bit for bit. A corrupt or mismatched checkpoint is refused with a message that says which.
-- **safety**: a non-finite loss stops the run with a message; Ctrl-C saves a checkpoint first.
+  bit for bit. A corrupt or mismatched checkpoint is refused with a message that says which, and so is a
+  resume with options that would make it another run.
+- **a step is a transaction**: what is saved is always the state between two steps. Ctrl-C is deferred to
+  the end of the step (and of its evaluation): the run then saves and raises :class:`TrainingInterrupted`; a
+  second Ctrl-C stops at once, leaving the last complete checkpoint as it was. A non-finite loss stops the run.
+- **one run per folder**: a folder that holds a run is continued (``resume``) or replaced (``overwrite``),
+  never mixed into; a lock file keeps a second live run out (a dead run's lock is recognised and taken over).
 - **several processes**: under ``torchrun`` each process takes its share of every global batch and
   ``DistributedDataParallel`` averages the gradients (gloo on CPUs, NCCL on GPUs); the losses and
   accuracies that are logged are averaged over the processes too, so the curve is that of the global batch.
@@ -23,6 +28,11 @@ import csv
 import json
 import math
 import os
+import shlex
+import signal
+import socket
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,7 +51,25 @@ CHECKPOINT_FORMAT = "minireformer-checkpoint-1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: unreadable, not ours, or made for another model."""
+    """A checkpoint that cannot be used: unreadable, not ours, or made for another model or run."""
+
+
+class RunFolderError(RuntimeError):
+    """An output folder a run may not write into: it holds another run, or a live run holds its lock."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: at a step boundary after saving it (``saved``), or at once (a second Ctrl-C), with
+    the last complete checkpoint left as it was."""
+
+    def __init__(self, step, saved):
+        super().__init__(f"interrupted at step {step}" + ("" if saved else " (not saved)"))
+        self.step, self.saved = step, saved
+
+
+# Run options a resumed run may change: they do not change what is trained (how often it is evaluated or saved,
+# how long it goes on, where and how it runs). Every other option would make the resumed run another run.
+RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "device", "compile")
 
 
 @dataclass
@@ -71,10 +99,12 @@ class TrainConfig:
             check_int(name, getattr(self, name))
         for name in ("warmup", "checkpoint_every"):
             check_int(name, getattr(self, name), least=0)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.grad_clip >= 0 or not self.weight_decay >= 0:
-            raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("grad_clip", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         wanted = f"a positive integer that divides batch_size ({self.batch_size})"
         if self.micro_batch_size is not None and self.batch_size % check_int(
             "micro_batch_size", self.micro_batch_size, wanted=wanted
@@ -184,18 +214,102 @@ class MetricsFile:
             writer.writerows(rows)
 
 
-def save_atomically(obj, path):
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+class DeferredInterrupt:
+    """``with DeferredInterrupt() as interrupt:`` a first Ctrl-C (SIGINT) only sets ``interrupt.requested``, for the
+    loop to stop at the next step boundary; a second one raises ``KeyboardInterrupt`` at once. Outside the main
+    thread, where Python delivers no signals, it does nothing."""
+
+    def __enter__(self):
+        self.requested = False
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step, then saving (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+class RunLock:
+    """``out_dir/.lock``, created atomically, naming the process that trains into the folder: a second run is
+    refused while that process lives; the lock of a run that died (its process gone) is taken over."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+        self.held = False
+
+    def acquire(self):
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):  # a stale lock is removed once, then taken
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self.path.read_text().split() if self.path.exists() else []
+                if owner and not self.stale(owner):
+                    raise RunFolderError(
+                        f"another run (process {owner[0]} on {owner[1]}) is training into {self.path.parent}; wait "
+                        f"for it, or give this run another --out (if that run is gone, delete {self.path})"
+                    ) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return
+        raise RunFolderError(f"could not take the lock {self.path}: another run keeps taking it")
+
+    @staticmethod
+    def stale(owner):
+        pid, host = (owner + ["", ""])[:2]
+        if host != socket.gethostname() or not pid.isdigit():
+            return False  # another machine's run: it cannot be checked from here
+        if int(pid) == os.getpid():
+            return True  # this process's own, left by a run it no longer runs
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+    def release(self):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def save_atomically(obj, path, before_rename=None):
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file, and an
+    exception (a second Ctrl-C) removes the temporary file. ``before_rename()``: a test's fault-injection point."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path):
     """Read a checkpoint, refusing anything that is not a complete minireformer checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a checkpoint file (did you mean {path / 'checkpoint.pt'}?)"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:  # weights_only: tensors and plain Python values only, never arbitrary pickled code
@@ -244,7 +358,7 @@ class Trainer:
     ``resume=True`` an existing checkpoint there is continued.
     """
 
-    def __init__(self, model_config, train_config, out_dir=None, *, resume=False):
+    def __init__(self, model_config, train_config, out_dir=None, *, resume=False, overwrite=False):
         self.config = c = train_config
         processes = join_processes(c.device)
         self.device, self.rank, self.world = processes.device, processes.rank, processes.world
@@ -279,6 +393,10 @@ class Trainer:
         self.step, self.metrics = 0, []
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.csv = MetricsFile(self.out_dir, self.rank)
+        self.hook = None  # hook(where): a test's fault-injection point, called at each named point of a step
+        self.overwrite = False  # run() clears the folder's earlier run first
+        if self.out_dir is not None:
+            self.check_out_dir(resume, overwrite)
         self.forward, self.ddp = self.model, None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -287,6 +405,23 @@ class Trainer:
             self.forward = torch.compile(self.forward, **({"backend": c.compile} if isinstance(c.compile, str) else {}))
         if resume and self.out_dir is not None and (self.out_dir / "checkpoint.pt").exists():
             self.load(self.out_dir / "checkpoint.pt")
+
+    RUN_FILES = ("checkpoint.pt", "metrics.csv", "metrics.json")
+
+    def check_out_dir(self, resume, overwrite):
+        """Refuse an output folder that is a file or under one, and one that holds a run this one would mix
+        into: a run is continued (``resume``) or replaced (``overwrite``), never written over unasked."""
+        out = self.out_dir
+        for folder in (out, *out.parents):
+            if folder.exists() and not folder.is_dir():
+                raise RunFolderError(f"--out {out}: {folder} is a file, not a folder")
+        found = [name for name in self.RUN_FILES if (out / name).exists()]
+        if found and not resume and not overwrite:
+            raise RunFolderError(
+                f"--out {out} already holds a run ({', '.join(found)}): continue it with --resume, or replace it "
+                f"with --overwrite, or give another --out"
+            )
+        self.overwrite = bool(found) and overwrite and not resume
 
     # ---- data -------------------------------------------------------------------------------------------
     def batch(self, generator, split="train"):
@@ -316,6 +451,7 @@ class Trainer:
     def _train_step(self):
         self.model.train()
         tokens = self.batch(self.generator)
+        self.at("batch")
         self.optimizer.zero_grad(set_to_none=True)
         # Micro-batches of equal size, each loss divided by their number: the gradients add up to the whole
         # batch's (each micro-batch draws its own LSH rotations and dropout masks).
@@ -329,10 +465,11 @@ class Trainer:
                 # averaged over the processes, so every process sees the same number and stops together
                 loss_value, accuracy_value = mean_over_processes(loss.item(), accuracy.item(), device=self.device)
                 if not math.isfinite(loss_value):
+                    saved = self.out_dir is not None and (self.out_dir / "checkpoint.pt").exists()
                     where = (
-                        f"the last checkpoint is in {self.out_dir}"
-                        if self.out_dir is not None
-                        else "no checkpoint is kept"
+                        f"the last checkpoint is {self.out_dir / 'checkpoint.pt'}"
+                        if saved
+                        else "no checkpoint was written"
                     )
                     raise FloatingPointError(
                         f"the loss became {loss_value} at step {self.step + 1}; stopping. Try a lower lr (now "
@@ -340,15 +477,21 @@ class Trainer:
                         f"{where}"
                     )
                 (loss / len(pieces)).backward()
+                self.at("backward")
             losses.append(loss_value)
             accuracies.append(accuracy_value)
         loss_value, accuracy_value = sum(losses) / len(losses), sum(accuracies) / len(accuracies)
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        self.at("optimizer step")
         self.scheduler.step()
         self.step += 1
         return loss_value, accuracy_value
+
+    def at(self, where):
+        if self.hook is not None:
+            self.hook(where)
 
     @torch.no_grad()
     def evaluate(self, batches=None, model=None):
@@ -364,6 +507,7 @@ class Trainer:
                     loss, accuracy = sequence_loss(model, self.batch(generator, "val"), self.config.task)
                 losses.append(loss.item())
                 accuracies.append(accuracy.item())
+                self.at("evaluation")
         model.train(was_training)
         loss, accuracy = mean_over_processes(
             sum(losses) / len(losses), sum(accuracies) / len(accuracies), device=self.device
@@ -378,37 +522,68 @@ class Trainer:
         self.csv.append(row)
 
     def run(self, progress=True):
-        """Train until ``config.steps``; returns the metrics (a list of dicts)."""
+        """Train until ``config.steps``; returns the metrics (a list of dicts). Ctrl-C: see :class:`DeferredInterrupt`;
+        the run saves at the step boundary and raises :class:`TrainingInterrupted`."""
         c = self.config
         tokens_per_step = c.batch_size * c.seq_len
+        lock = RunLock(self.out_dir) if self.out_dir is not None and self.rank == 0 else None
+        if lock is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
         start, first, bar = time.perf_counter(), self.step, None
         try:
-            bar = tqdm(total=c.steps, initial=self.step, disable=not progress or self.rank != 0, desc=c.task)
-            while self.step < c.steps:
-                loss, accuracy = self.train_step()
-                elapsed = time.perf_counter() - start
-                rate = tokens_per_step * (self.step - first) / max(elapsed, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
-                self.record(
-                    step=self.step, split="train", loss=loss, accuracy=accuracy, tokens_per_s=rate, elapsed_s=elapsed
-                )
-                if self.step % c.eval_every == 0 or self.step == c.steps:
-                    self.record(step=self.step, split="val", elapsed_s=elapsed, **self.evaluate())
-                if c.checkpoint_every and self.step % c.checkpoint_every == 0:
-                    self.save()
-        except KeyboardInterrupt:
-            self.save()
-            if self.rank == 0:
-                print(f"\ninterrupted at step {self.step}: checkpoint saved in {self.out_dir}; resume with --resume")
+            self.prepare_out_dir()
+            with DeferredInterrupt() as interrupt:
+                bar = tqdm(total=c.steps, initial=self.step, disable=not progress or self.rank != 0, desc=c.task)
+                while self.step < c.steps:
+                    loss, accuracy = self.train_step()
+                    elapsed = time.perf_counter() - start
+                    rate = tokens_per_step * (self.step - first) / max(elapsed, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+                    self.record(
+                        step=self.step,
+                        split="train",
+                        loss=loss,
+                        accuracy=accuracy,
+                        tokens_per_s=rate,
+                        elapsed_s=elapsed,
+                    )
+                    if self.step % c.eval_every == 0 or self.step == c.steps:
+                        self.record(step=self.step, split="val", elapsed_s=elapsed, **self.evaluate())
+                    periodic = bool(c.checkpoint_every) and self.step % c.checkpoint_every == 0
+                    if periodic:
+                        self.save()
+                    if interrupt.requested:  # a step boundary: what is saved is the state after this step
+                        if not periodic:
+                            self.save()
+                        raise TrainingInterrupted(self.step, saved=self.out_dir is not None)
+                self.save()
+                if self.out_dir is not None and self.rank == 0:
+                    (self.out_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=1))
+        except TrainingInterrupted:
             raise
+        except KeyboardInterrupt:  # the second Ctrl-C: mid-step, so nothing is saved; the last checkpoint stands
+            raise TrainingInterrupted(self.step, saved=False) from None
         finally:
             if bar is not None:
                 bar.close()
-        self.save()
-        if self.out_dir is not None and self.rank == 0:
-            (self.out_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=1))
+            if lock is not None:
+                lock.release()
         return self.metrics
+
+    def prepare_out_dir(self):
+        """Under the lock: clear an earlier run (``overwrite``) or the metrics logged after the resumed checkpoint,
+        and the temporary file of a checkpoint write that a killed run left."""
+        if self.out_dir is None or self.rank != 0:
+            return
+        for stale in self.out_dir.glob(".checkpoint.pt.tmp*"):
+            stale.unlink(missing_ok=True)
+        if self.overwrite:
+            for name in self.RUN_FILES:
+                (self.out_dir / name).unlink(missing_ok=True)
+            self.overwrite = False
+        self.csv.rewrite(self.metrics)
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def save(self, path=None):
@@ -427,6 +602,7 @@ class Trainer:
                 "metrics": self.metrics,
             },
             path or self.out_dir / "checkpoint.pt",
+            before_rename=lambda: self.at("checkpoint write"),
         )
 
     def load(self, path):
@@ -439,6 +615,7 @@ class Trainer:
         if differ:
             detail = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise CheckpointError(f"checkpoint {path} was made for a different model ({detail})")
+        self.check_same_run(path, checkpoint)
         try:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -453,7 +630,27 @@ class Trainer:
                 f"({type(error).__name__}: {str(error).splitlines()[0]})"
             ) from None
         self.step, self.metrics = checkpoint["step"], list(checkpoint.get("metrics", []))
-        self.csv.rewrite(self.metrics)
+
+    def check_same_run(self, path, checkpoint):
+        """A resumed run must be the checkpoint's run: only :data:`RESUMABLE_CHANGES` may differ, and ``steps``
+        may not fall below the step it has reached."""
+        then, now = checkpoint["train_config"], asdict(self.config)
+        changed = [
+            f"--{k.replace('_', '-')} {then[k]!r} -> {now.get(k)!r}"
+            for k in then
+            if k not in RESUMABLE_CHANGES and now.get(k) != then[k]
+        ]
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with other options: {', '.join(changed)}. A resumed run must be the "
+                f"same run (it may change only --{', --'.join(k.replace('_', '-') for k in RESUMABLE_CHANGES)}); "
+                f"give the options it was started with, or train a new run into another --out"
+            )
+        if self.config.steps < checkpoint["step"]:
+            raise CheckpointError(
+                f"--steps {self.config.steps} is below the step checkpoint {path} has reached ({checkpoint['step']}); "
+                f"give --steps {checkpoint['step']} or more"
+            )
 
 
 def train_config_from(options):
@@ -516,6 +713,9 @@ def add_train_arguments(parser):
     )
     run.add_argument("--out", help="folder for checkpoint.pt, metrics.csv and metrics.json (default runs/TASK)")
     run.add_argument("--resume", action="store_true", help="continue the checkpoint in --out, exactly")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the run that --out holds (default: refuse to touch it)"
+    )
     run.add_argument("--steps", type=positive_int, default=t.steps, help="(default %(default)s)")
     run.add_argument(
         "--batch-size",
@@ -630,24 +830,35 @@ def configs_from_args(args):
     return model, train
 
 
-def train_from_args(args, parser):
-    """``python -m minireformer train``: check everything, train, print the last evaluation."""
+def train_from_args(args, parser, argv=None):
+    """``python -m minireformer train``: check everything before any training, train, print the last evaluation.
+    Bad input is one ``error:`` line; Ctrl-C saves at the step boundary, says how to resume and exits with 130."""
     try:
         model, train = configs_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out, --overwrite replaces it: give one of them")
     out = Path(args.out or f"runs/{train.task}")
-    if args.resume and not (out / "checkpoint.pt").exists():
+    if args.resume and not (out / "checkpoint.pt").is_file():
         parser.error(f"--resume: no checkpoint.pt in {out} to continue (give the --out of the run to resume)")
     try:
-        trainer = Trainer(model, train, out, resume=args.resume)
-    except (CheckpointError, ValueError, FileNotFoundError) as error:  # a corrupt checkpoint, a too-small corpus
+        trainer = Trainer(model, train, out, resume=args.resume, overwrite=args.overwrite)
+    except (CheckpointError, RunFolderError, ValueError, FileNotFoundError) as error:  # a bad checkpoint or folder
         parser.exit(1, f"error: {error}\n")
     if trainer.rank == 0:
         n = sum(p.numel() for p in trainer.model.parameters())
         print(f"{train.task}: {n:,} parameters on {trainer.device}, step {trainer.step} -> {train.steps}, out {out}")
-    with cpu_threads(args.threads):
-        metrics = trainer.run()
+    try:
+        with cpu_threads(args.threads):
+            metrics = trainer.run()
+    except TrainingInterrupted as stop:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        again = shlex.join(["python", "-m", "minireformer", *argv, *([] if "--resume" in argv else ["--resume"])])
+        where = f"resume with: {again}" if stop.saved else f"the last complete checkpoint in {out} is intact"
+        parser.exit(130, f"interrupted at step {stop.step}; {where}\n" if trainer.rank == 0 else "")
+    except (FloatingPointError, RunFolderError) as error:
+        parser.exit(1, f"error: {error}\n")
     last = [row for row in metrics if row.get("split") == "val"][-1:]
     if trainer.rank == 0 and last:
         print("validation:", ", ".join(f"{k} {v:.4g}" for k, v in last[0].items() if k not in ("split", "elapsed_s")))

@@ -147,7 +147,7 @@ def test_a_bad_checkpoint_is_refused_with_the_reason(tmp_path, damage, message):
             checkpoint["model"]["head.weight"] = torch.zeros(3, 3)
         torch.save(checkpoint, path)
     with pytest.raises(CheckpointError, match=message):
-        trainer = Trainer(TINY_MODEL, tiny_train(), tmp_path)
+        trainer = Trainer(TINY_MODEL, tiny_train())
         trainer.load(path)
 
 
@@ -169,22 +169,6 @@ def test_a_non_finite_loss_stops_the_run_with_a_message(tmp_path):
     with pytest.raises(FloatingPointError, match="the loss became nan at step 1; stopping. Try a lower lr"):
         trainer.run(progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()  # a NaN model is not saved over a good checkpoint
-
-
-def test_ctrl_c_saves_a_checkpoint_to_resume_from(tmp_path, capsys):
-    trainer = Trainer(TINY_MODEL, tiny_train(), tmp_path)
-    step = trainer.train_step
-
-    def interrupted():
-        if trainer.step == 2:
-            raise KeyboardInterrupt
-        return step()
-
-    trainer.train_step = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run(progress=False)
-    assert "interrupted at step 2" in capsys.readouterr().out
-    assert Trainer(TINY_MODEL, tiny_train(), tmp_path, resume=True).step == 2
 
 
 def test_evaluate_checkpoint_with_another_attention(tmp_path):
