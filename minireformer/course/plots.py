@@ -446,6 +446,13 @@ def plot_figure3(runs, baseline="Transformer", shared="shared-QK Transformer", r
     return fig
 
 
+def distinct(i):
+    """Marker and line style of the ``i``-th line of a figure whose lines may lie on top of each other (equal
+    measurements): a line drawn over another still shows its markers and dashes."""
+    markers, styles = "osD^v", ("-", "--", "-.", ":", "-")
+    return dict(marker=markers[i % 5], linestyle=styles[i % 5], markersize=7 - i % 5, mfc="none" if i % 2 else None)
+
+
 def plot_length_sweep(rows, *, memory_budget=None):
     """Figure: peak memory (left, log-log) and tokens/s (right) of one training step against the sequence
     length; ``rows`` from :func:`minireformer.training.longseq.length_sweep`. Steps that ran out of memory or were
@@ -464,7 +471,7 @@ def plot_length_sweep(rows, *, memory_budget=None):
     for i, name in enumerate(names):
         color = f"C{i}"
         if name in memory:
-            left.plot(memory[name][0], [v / 2**20 for v in memory[name][1]], "o-", color=color, label=name)
+            left.plot(memory[name][0], [v / 2**20 for v in memory[name][1]], color=color, label=name, **distinct(i))
         missing = [
             (r["seq_len"], r["estimated_bytes"])
             for r in rows
@@ -479,7 +486,7 @@ def plot_length_sweep(rows, *, memory_budget=None):
                 label=f"{name}: did not run (extrapolated)",
             )
         if name in speed and speed[name][1][0] is not None:
-            right.plot(speed[name][0], speed[name][1], "o-", color=color, label=name)
+            right.plot(speed[name][0], speed[name][1], color=color, label=name, **distinct(i))
     if memory_budget:
         left.axhline(memory_budget / 2**20, ls="--", color="0.3", label=f"budget {memory_budget / 2**20:,.0f} MiB")
     left.set(
@@ -701,13 +708,13 @@ def plot_complexity_scaling(sweeps, sizes):
     fig = Figure(figsize=(4.2 * len(sweeps), 4.2), layout="constrained")
     axes = fig.subplots(1, len(sweeps), squeeze=False)[0]
     for ax, (name, (values, measured)) in zip(axes, sweeps.items()):
-        for model, peaks in measured.items():
+        for i, (model, peaks) in enumerate(measured.items()):
             ax.loglog(
                 values,
                 [p / 1e6 for p in peaks],
-                "o-",
                 color=MODEL_COLORS[model],
                 label=f"{model}: slope {loglog_slope(values, peaks):.2f}",
+                **distinct(i),
             )
         plain_log_ticks(ax, values)
         fixed = ", ".join(f"{k}={sizes[k]}" for k in ("l", "n_l", "d_ff") if k != name)
