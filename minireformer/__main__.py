@@ -150,6 +150,8 @@ def main(argv=None):
         complexity.measure_from_args(args, table)
     elif args.command == "table":
         values = {name: defaults[name] if getattr(args, name) is None else getattr(args, name) for name in defaults}
+        if args.c is not None and args.c > values["l"]:
+            parser.error(f"--c ({args.c}) must be at most --l ({values['l']}): c counts the keys one query scores")
         try:
             rows = complexity.complexity_table(**values)
         except ValueError as error:

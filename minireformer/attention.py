@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_int
+from .checks import check_bool, check_int
 from .fast_lsh import blocked_attention, hash_buckets
 from .hashing import check_n_buckets, random_rotations
 from .lsh import PAPER, SELF_BIAS, conventions_of
@@ -73,10 +73,10 @@ class SelfAttention(nn.Module):
 
     def __init__(self, d_model, n_heads, dropout, shared_qk):
         super().__init__()
-        if d_model % n_heads:
+        if check_int("d_model", d_model) % check_int("n_heads", n_heads):
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model, self.n_heads = d_model, n_heads
-        if shared_qk:
+        if check_bool("shared_qk", shared_qk):
             self.to_qk = nn.Linear(d_model, d_model, bias=False)  # one projection gives queries and keys
         else:
             self.to_q, self.to_k = nn.Linear(d_model, d_model, bias=False), nn.Linear(d_model, d_model, bias=False)
@@ -142,7 +142,8 @@ class LSHSelfAttention(SelfAttention):
         check_int("n_rounds", n_rounds), check_int("chunk_len", chunk_len)
         if n_buckets is not None:
             check_n_buckets(n_buckets)
-        self.n_rounds, self.chunk_len, self.n_buckets, self.causal = n_rounds, chunk_len, n_buckets, causal
+        self.n_rounds, self.chunk_len, self.n_buckets = n_rounds, chunk_len, n_buckets
+        self.causal = check_bool("causal", causal)
         self.look_back, self.dedup, self.conventions = look_back, dedup, conventions_of(conventions)
         self.generator, self.rotations, self.attention_fn = None, None, attention_fn
         self.check_attention_fn()
@@ -211,7 +212,7 @@ class FullSelfAttention(SelfAttention):
 
     def __init__(self, d_model, n_heads, *, causal=False, dropout=0.0, shared_qk=True):
         super().__init__(d_model, n_heads, dropout, shared_qk=shared_qk)
-        self.causal, self.shared_qk = causal, shared_qk
+        self.causal, self.shared_qk = check_bool("causal", causal), shared_qk
 
     def attend(self, x, return_attention=False):
         """The heads' output ``[B, h, L, d_head]`` (and with ``return_attention`` the weights ``[B, h, L, L]``)."""

@@ -10,3 +10,10 @@ def check_int(name, value, *, least=1, wanted=None):
             f"got {value!r}"
         )
     return value
+
+
+def check_bool(name, value):
+    """Raise a ``TypeError`` naming ``name`` unless ``value`` is True or False (``"no"`` is not False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value

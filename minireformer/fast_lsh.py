@@ -72,7 +72,7 @@ def hash_block(x, rotations):
         groups = rotated.view(n, n_groups, width)
         group_top, group_bottom = groups.amax(dim=-1), groups.amin(dim=-1)  # [n, n_groups]
         top, bottom = group_top.amax(dim=-1), group_bottom.amin(dim=-1)  # [n]
-        upper = top >= -bottom  # the winner of argmax([xR; -xR]) is in the +xR half
+        upper = (top >= -bottom) | top.isnan()  # the winner is in the +xR half (a NaN vector: argmax's bucket 0)
         winner = torch.where(upper, top, bottom).unsqueeze(-1)
         if n_groups == 1:
             group, within = 0, groups.view(n, width)

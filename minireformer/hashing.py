@@ -51,7 +51,7 @@ def hash_vectors(x, rotations):
     broadcast against x's: one rotation per head).
     Returns int64 ``[..., n_rounds, L]`` in ``[0, n_buckets)``. Bucket ``i < n_buckets/2`` is the cone
     around ``+R[:, i]``, bucket ``i + n_buckets/2`` the cone around ``-R[:, i]``. The zero vector, which
-    has no direction, gets bucket 0.
+    has no direction, gets bucket 0, and so does a vector holding a NaN (argmax counts NaN as the largest).
     """
     _check_hash_inputs(x, rotations)
     rotated = torch.einsum("...ld,...rdb->...rlb", x, rotations.to(x.dtype))  # [..., n_rounds, L, n_buckets/2]

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .attention import FullSelfAttention, LSHSelfAttention
-from .checks import check_int
+from .checks import check_bool, check_int
 from .chunking import FeedForward
 from .lsh import PAPER, Conventions, conventions_of
 from .reversible import RevBlock, ReversibleSequence, duplicate, merge
@@ -62,6 +62,8 @@ class ReformerConfig:
             raise ValueError(f"attention must be 'lsh' or 'full', got {self.attention!r}")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len", "n_rounds", "chunk_len"):
             check_int(name, getattr(self, name))
+        for name in ("reversible", "causal", "shared_qk"):
+            check_bool(name, getattr(self, name))
         if "lsh" in self.kinds() and not self.shared_qk:
             raise ValueError("LSH attention needs shared_qk=True: queries and keys must hash alike")
         if self.d_model % self.n_heads:

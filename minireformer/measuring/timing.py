@@ -28,9 +28,15 @@ def resolve_device(name="auto"):
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "meta":
         raise ValueError(
-            f"device {name!r} was asked for, but CUDA is not available on this machine; use 'auto' or 'cpu'"
+            f"device {name!r} holds no data, so nothing can train or be measured on it; use 'auto' or 'cpu'"
+        )
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if device.type != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(
+            f"device {name!r} was asked for, but {device.type.upper() if device.type == 'cuda' else device.type} is "
+            f"not available on this machine; use 'auto' or 'cpu'"
         )
     return device
 

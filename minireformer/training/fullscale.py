@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..measuring.timing import Stopwatch
+from . import plan
 
 LESSONS = ("06_duplication_task.ipynb", "07_long_sequences.ipynb")
 STAGES = ("plan", "duplication", "longseq", "bench", "lessons")
@@ -112,6 +113,11 @@ def run(out="runs/full", memory=None, only=STAGES):
                 dict(stage=stage, command=argv, returncode=code, seconds=seconds, output=str(out / name))
             )
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+            if stage == "plan" and code:  # without the plan the runs would not know what fits: nothing trains
+                print(f"[plan] failed (see {out / name}); stopping before any training", flush=True)
+                results["stopped"] = "the plan failed"
+                (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+                return results
     failed = [s["stage"] for s in results["stages"] if s["returncode"]]
     print(f"results: {out / 'results.json'}" + (f"; failed: {failed}" if failed else "; every stage exited 0"))
     return results
@@ -126,6 +132,11 @@ def add_arguments(parser):
 
 
 def from_args(args, parser):
+    if args.memory is not None:
+        try:
+            plan.parse_size(args.memory)
+        except ValueError as error:
+            parser.error(f"--memory: {error}")
     if not torch.cuda.is_available():
         print("note: no CUDA GPU here; the full scale on a CPU takes days (see `python -m minireformer plan`)")
     return run(args.out, args.memory, args.only)

@@ -57,7 +57,10 @@ def parse_size(text):
         raise ValueError(f"memory must be a positive size like 24GiB, 80GB or 512MiB, got {text!r}")
     unit = (match[2] or "B").upper()
     power = 0 if unit == "B" else "KMGT".index(unit[0]) + 1
-    return int(float(match[1]) * (1024 if "I" in unit else 1000) ** power)
+    size = float(match[1]) * (1024 if "I" in unit else 1000) ** power
+    if size < 1:
+        raise ValueError(f"memory must be at least one byte, got {text!r} ({size:g} bytes)")
+    return int(size)
 
 
 def device_memory(device=None):

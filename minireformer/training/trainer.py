@@ -890,5 +890,11 @@ def eval_from_args(args, parser):
         )
     except (CheckpointError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")
-    print(json.dumps(result))
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}
+    if finite != result:
+        print(
+            "warning: the metrics are not finite (does the checkpoint hold NaN weights?): printed as null",
+            file=sys.stderr,
+        )
+    print(json.dumps(finite, allow_nan=False))  # valid JSON: NaN is not
     return result

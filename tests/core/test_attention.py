@@ -155,3 +155,18 @@ def test_dropout_acts_on_the_output_only_in_training():
     assert not torch.equal(module(x), module(x))
     module.eval()
     assert torch.equal(module(x), module(x))
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        (dict(n_heads=0), ValueError, "n_heads must be a positive integer, got 0"),
+        (dict(n_heads=-2), ValueError, "n_heads must be a positive integer, got -2"),
+        (dict(d_model=0), ValueError, "d_model must be a positive integer, got 0"),
+        (dict(causal="no"), TypeError, "causal must be True or False, got 'no'"),
+    ],
+)
+@pytest.mark.parametrize("layer", [LSHSelfAttention, FullSelfAttention])
+def test_a_layer_refuses_bad_sizes_and_a_causal_that_is_not_a_bool(layer, options, error, message):
+    with pytest.raises(error, match=message):
+        layer(**dict(dict(d_model=8, n_heads=2), **options))

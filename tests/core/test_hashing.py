@@ -125,3 +125,14 @@ def test_half_precision_hashes_like_float32_almost_everywhere():
     rotations = random_rotations(64, 8, generator=g)
     agree = (hash_vectors(x.bfloat16(), rotations) == hash_vectors(x, rotations)).double().mean()
     assert agree > 0.95  # only near-ties at cone borders may flip
+
+
+def test_a_vector_holding_a_nan_gets_bucket_0_on_the_fast_path_as_on_the_reference():
+    from minireformer.fast_lsh import hash_block
+
+    x = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(0))
+    x[0, 2, 3] = float("nan")
+    for n_buckets in (4, 512):  # one group of columns, and several (the fast path's two searches)
+        rotations = random_rotations(8, n_buckets, 2, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(hash_block(x, rotations), hash_vectors(x, rotations))
+        assert hash_vectors(x, rotations)[0, :, 2].tolist() == [0, 0]

@@ -207,3 +207,9 @@ def test_conventions_travel_in_the_config_and_survive_a_saved_one():
     assert model.config.conventions == TRAX and all(w.fn.conventions == TRAX for w in model.attention_layers())
     assert ReformerConfig(**asdict(model.config)).conventions == TRAX  # saved as a dict of its fields
     assert ReformerLM(**SMALL).config.conventions == PAPER
+
+
+@pytest.mark.parametrize("name", ["reversible", "causal", "shared_qk"])
+def test_the_config_refuses_a_switch_that_is_not_a_bool(name):
+    with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
+        ReformerConfig(vocab_size=8, **{name: "no"})

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from minireformer.__main__ import main
 from minireformer.training import fullscale
 
@@ -49,3 +51,24 @@ def test_only_the_stages_asked_for(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda argv, **_: calls.append(argv) or subprocess.CompletedProcess(argv, 0))
     fullscale.run(tmp_path, only=("plan",))
     assert len(calls) == 1 and "plan" in calls[0]
+
+
+def test_a_failed_plan_stops_fullscale_before_any_training(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run(argv, **_):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 2 if "plan" in argv else 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    results = fullscale.run(tmp_path)
+    assert len(calls) == 1 and results["stopped"] == "the plan failed"
+    assert "stopping before any training" in capsys.readouterr().out
+
+
+def test_a_bad_memory_size_is_one_error_line_before_any_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(subprocess, "run", lambda argv, **_: pytest.fail(f"ran {argv}"))
+    for size in ("abc", "0.1B"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["fullscale", "--out", str(tmp_path), "--memory", size])
+        assert exit_.value.code == 2 and "--memory: memory must be" in capsys.readouterr().err

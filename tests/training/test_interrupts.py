@@ -5,6 +5,7 @@ run; a resume with other options is refused by name.
 The interruptions are real signals sent at named points of a step (``Trainer.hook``), so each lands exactly where
 the test says; one run is interrupted from outside, at whatever step it has reached, through the command line."""
 
+import json
 import os
 import re
 import signal
@@ -292,3 +293,37 @@ def test_a_non_finite_loss_is_one_error_line_that_names_no_checkpoint_never_writ
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert re.search(r"^error: the loss became .* no checkpoint was written$", err, flags=re.M), err
+
+
+# ---- the other inputs found wrong, each now one clear error (or valid output) ------------------------------------
+def test_eval_of_nan_weights_prints_valid_json_and_says_why(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", *TRAIN_ARGS, "--steps", "2", "--out", str(out)])
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    checkpoint["model"]["head.bias"].fill_(float("nan"))
+    torch.save(checkpoint, out / "checkpoint.pt")
+    capsys.readouterr()
+    main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["loss"] is None  # NaN is not JSON
+    assert "not finite" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["eval", "--checkpoint", "{folder}"],
+            "is a folder, not a checkpoint file (did you mean {folder}/checkpoint.pt?)",
+        ),
+        (["train", *TRAIN_ARGS, "--device", "meta", "--out", "{folder}/run"], "device 'meta' holds no data"),
+        (["table", "--l", "2", "--c", "3"], "--c (3) must be at most --l (2)"),
+        (["plan", "--memory", "0.1B"], "memory must be at least one byte, got '0.1B'"),
+    ],
+)
+def test_more_bad_inputs_are_one_error_line(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(folder=tmp_path) for a in argv])
+    assert exit_.value.code in (1, 2)
+    err = capsys.readouterr().err
+    assert message.format(folder=tmp_path) in err and "Traceback" not in err
