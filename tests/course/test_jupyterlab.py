@@ -159,11 +159,14 @@ def open_and_run_all(page, lab, lesson):
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
     n_code = page.locator(".jp-Notebook .jp-CodeCell").count()
-    # Done when every code cell shows an execution number ([*] while running, [ ] before).
+    n_shown = page.locator(".jp-Notebook .jp-CodeCell:not(:has(.jp-InputPlaceholder))").count()
+    # Done when every code cell shows an execution number ([*] while running, [ ] before); a folded cell's prompt
+    # stays empty, so those are left out.
     page.wait_for_function(
-        """n => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+        """n => [...document.querySelectorAll(
+                   '.jp-Notebook .jp-CodeCell:not(:has(.jp-InputPlaceholder)) .jp-InputPrompt')]
                  .filter(p => /\\[\\d+\\]/.test(p.textContent)).length === n""",
-        arg=n_code,
+        arg=n_shown,
         timeout=300_000,
         polling=250,
     )
