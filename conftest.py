@@ -1,9 +1,9 @@
 """Loaded by pytest before anything else: the test run is the quick scale everywhere, and records no progress.
 
-On a CUDA machine the lessons default to the full scale (minireformer.training.scale), which under nbval would mean
-hours of training and cells past nbval's timeout. So the README's test command runs every unit test and
-every lesson at the quick scale unless ``MINIREFORMER_SCALE=full`` asks for the paper's sizes. The
-kernels nbval starts inherit this environment; ``jupyter lab`` outside pytest still picks by the device.
+The lessons default to the quick scale everywhere (minireformer.training.scale); a ``MINIREFORMER_SCALE`` left in
+the environment, say ``full`` from a GPU session, would mean hours of training under nbval and cells past its
+timeout. So the README's test command runs every unit test and every lesson at the quick scale unless
+``MINIREFORMER_SCALE=full`` asks for the paper's sizes. The kernels nbval starts inherit this environment.
 """
 
 import os

@@ -34,12 +34,32 @@ def conda_dependencies():
     return entries
 
 
-def test_environment_yml_agrees_with_pyproject():
+def test_environment_yml_is_the_course_environment_of_pyproject():
+    """The conda environment is the runtime dependencies and the `lab` extra (JupyterLab), under conda-forge's
+    names; the test tools are not in it."""
     conda = conda_dependencies()
     assert conda.pop("python") == pyproject()["requires-python"]
     assert conda.pop("pip") == ""
-    pip = dict(split(r) for r in pyproject()["dependencies"])
-    assert conda == pip
+    course = pyproject()["dependencies"] + pyproject()["optional-dependencies"]["lab"]
+    assert conda == dict(split(r) for r in course)
+
+
+TEST_TOOLS = {"pytest", "nbval", "playwright", "ruff", "jupyterlab", "transformers", "reformer-pytorch"}
+
+
+def test_the_learners_install_carries_no_test_tools():
+    runtime = {split(r)[0] for r in pyproject()["dependencies"]}
+    assert runtime == {"torch", "numpy", "matplotlib", "ipywidgets", "tqdm"}
+    assert not runtime & TEST_TOOLS
+    extras = pyproject()["optional-dependencies"]
+    assert {split(r)[0] for r in extras["test"]} >= {"pytest", "nbval", "playwright", "ruff"}
+    assert {split(r)[0] for r in extras["lab"]} == {"jupyterlab"}
+
+
+def test_the_license_is_an_spdx_expression_with_its_file():
+    assert pyproject()["license"] == "MIT" and pyproject()["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert any(c.startswith("Programming Language :: Python :: 3") for c in pyproject()["classifiers"])
 
 
 def test_environment_yml_installs_the_package_itself():
@@ -63,7 +83,7 @@ def test_readme_has_the_two_commands_ci_runs():
     readme_command = load_readme_command()
     course, test = readme_command("course"), readme_command("test")
     setup = "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e "
-    assert course.startswith(setup + ". ") and test.startswith(setup + "'.[compare,test]' ")  # HF's and ruff too
+    assert course.startswith(setup + "'.[lab]' ") and test.startswith(setup + "'.[lab,compare,test]' ")
     assert "jupyter lab" in course and test.endswith("ruff check && ruff format --check && python -m pytest")
     assert "readme_command.py test" in (ROOT / ".ci" / "run").read_text()
 

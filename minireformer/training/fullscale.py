@@ -31,11 +31,26 @@ LESSONS = ("06_duplication_task.ipynb", "07_long_sequences.ipynb")
 STAGES = ("plan", "duplication", "longseq", "bench", "lessons")
 
 
-def commands(out, memory=None):
-    """``{stage: [(argv, stdout file name)]}``: what each stage runs, in order."""
+NO_LESSONS = (
+    "the lessons are not installed with the package (a wheel holds none): run from a checkout of the course, whose "
+    "notebooks/ folder holds them, or pass --notebooks FOLDER"
+)
+
+
+def find_lessons(folder=None):
+    """The folder that holds lessons 06 and 07: ``folder`` if given, else ``notebooks/`` in the working folder, else
+    beside the package (a checkout installed with ``pip install -e``); None when none of them does."""
+    candidates = (
+        [Path(folder)] if folder else [Path.cwd() / "notebooks", Path(__file__).resolve().parents[2] / "notebooks"]
+    )
+    return next((c for c in candidates if all((c / name).is_file() for name in LESSONS)), None)
+
+
+def commands(out, memory=None, notebooks=None):
+    """``{stage: [(argv, stdout file name)]}``: what each stage runs, in order (the lessons from ``notebooks``,
+    none when it is None)."""
     me = [sys.executable, "-m", "minireformer"]
     size = ["--memory", memory] if memory else []
-    notebooks = Path(__file__).resolve().parents[2] / "notebooks"
     return {
         "plan": [(me + ["plan", "--scale", "full", "--json", "--no-time"] + size, "plan.json")],
         "duplication": [
@@ -80,13 +95,14 @@ def commands(out, memory=None):
                 ],
                 f"{name}.log",
             )
-            for name in LESSONS
+            for name in (LESSONS if notebooks is not None else ())
         ],
     }
 
 
-def run(out="runs/full", memory=None, only=STAGES):
-    """Run the ``only`` stages at the full scale, writing into ``out``; returns the results dict."""
+def run(out="runs/full", memory=None, only=STAGES, notebooks=None):
+    """Run the ``only`` stages at the full scale, writing into ``out``; returns the results dict. ``notebooks``:
+    the folder of the lessons (default: :func:`find_lessons`)."""
     unknown = [s for s in only if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
@@ -95,8 +111,13 @@ def run(out="runs/full", memory=None, only=STAGES):
     env = dict(os.environ, MINIREFORMER_SCALE="full")  # the lessons too: the full scale whatever the device
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU (no CUDA)"
     results = {"device": device, "torch": torch.__version__, "stages": []}
-    for stage, steps in commands(out, memory).items():
+    notebooks = find_lessons(notebooks)
+    for stage, steps in commands(out, memory, notebooks).items():
         if stage not in only:
+            continue
+        if stage == "lessons" and notebooks is None:
+            print(f"[lessons] skipped: {NO_LESSONS}", flush=True)
+            results["stages"].append(dict(stage=stage, skipped=NO_LESSONS))
             continue
         for argv, name in steps:
             print(f"[{stage}] {' '.join(argv)}", flush=True)
@@ -118,7 +139,7 @@ def run(out="runs/full", memory=None, only=STAGES):
                 results["stopped"] = "the plan failed"
                 (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
                 return results
-    failed = [s["stage"] for s in results["stages"] if s["returncode"]]
+    failed = [s["stage"] for s in results["stages"] if s.get("returncode")]
     print(f"results: {out / 'results.json'}" + (f"; failed: {failed}" if failed else "; every stage exited 0"))
     return results
 
@@ -128,6 +149,9 @@ def add_arguments(parser):
     parser.add_argument("--out", default="runs/full", help="folder for the results (default %(default)s)")
     parser.add_argument("--memory", help="the device size the plan assumes, like 40GiB (default: CUDA's free memory)")
     parser.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES), help="these stages only")
+    parser.add_argument(
+        "--notebooks", help="the folder of lessons 06 and 07 (default: notebooks/ here, or beside the package)"
+    )
     return parser
 
 
@@ -137,6 +161,8 @@ def from_args(args, parser):
             plan.parse_size(args.memory)
         except ValueError as error:
             parser.error(f"--memory: {error}")
+    if args.notebooks is not None and find_lessons(args.notebooks) is None:
+        parser.error(f"--notebooks {args.notebooks}: lessons {', '.join(LESSONS)} are not there")
     if not torch.cuda.is_available():
         print("note: no CUDA GPU here; the full scale on a CPU takes days (see `python -m minireformer plan`)")
-    return run(args.out, args.memory, args.only)
+    return run(args.out, args.memory, args.only, args.notebooks)

@@ -155,8 +155,9 @@ def load_sampler(path=SAMPLER):
 
 
 def step_peak(model, tokens, *, memory_budget=None):
-    """Peak extra bytes of a training step of ``model`` on ``tokens [B, L + 1]`` (its gradients made afresh, bf16
-    autocast on CUDA); raises :class:`~minireformer.measuring.memory.MemoryBudgetExceeded` past ``memory_budget``."""
+    """Peak extra bytes of a training step of ``model`` on ``tokens [B, L + 1]`` (its gradients made afresh,
+    half-precision autocast on CUDA); raises :class:`~minireformer.measuring.memory.MemoryBudgetExceeded` past
+    ``memory_budget``."""
     return peak_within(training_step, model, tokens, step_loss("text"), device=tokens.device, budget=memory_budget)
 
 

@@ -15,12 +15,17 @@ storages on the CPU, :func:`minireformer.measuring.memory.peak_memory`) at three
 of the run's own model (its real width and depth), solves for ``g``, ``a`` and ``c``, and evaluates the
 formula at the run's real shape. The tests check the prediction against the measured step at larger
 sizes. What it does not know: the allocator's rounding and fragmentation and the CUDA context, hence a
-verdict "fits" only up to :data:`HEADROOM` of the memory; and a bf16-autocast step on CUDA keeps
-bfloat16 activations, so there the prediction (float32) is an upper bound.
+verdict "fits" only up to :data:`HEADROOM` of the memory; and a half-precision autocast step on CUDA keeps
+bfloat16 or float16 activations, so there the prediction (float32) is an upper bound.
 
-The time per step is predicted too, for this machine's CPU: the two longest probes are timed and
-``B (ta L + tc L^2)`` goes through them. It says how long the run would take here (why the full scale
-is for a GPU), not how long it takes on a GPU.
+The time per step is predicted too, for a CPU: the two longest probes are timed and ``B (ta L + tc L^2)`` goes
+through them. It says how long the run would take on a CPU (why the full scale is for a GPU), not on a GPU.
+
+Probing the full scale's models takes minutes, so their probes are measured once and kept as data
+(``minireformer/records/plan_probes.json``, written by ``plan --scale full --record``, with the machine that
+timed them): the plan answers from the record in seconds, for any memory size, and measures only a run the record
+lacks. The memory in the record is exact and machine-independent (tensor storages), and the tests hold the record
+to a fresh measurement and to the current runs.
 
 Verdicts: ``fits``; ``fits with micro-batch m`` (the run trains its global batch in ``B / m`` pieces and
 accumulates their gradients, so it learns the same); ``out of memory`` for a step a sweep measures (the
@@ -30,7 +35,7 @@ sweep marks the cell and goes on); ``skipped`` with the reason.
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 import torch
@@ -38,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..measuring import bench
 from ..measuring.memory import StoragePeak, activation_peak
-from ..measuring.report import KiB, binary_bytes, format_table, linear_quadratic
+from ..measuring.report import RECORDS, KiB, binary_bytes, format_table, linear_quadratic, read_run, write_run
 from ..measuring.steps import training_step
 from ..measuring.timing import Stopwatch, resolve_device, timings
 from ..model import ReformerConfig, ReformerLM
@@ -48,6 +53,7 @@ from .trainer import TrainConfig, Trainer, step_loss
 HEADROOM = 0.9  # a run "fits" when its predicted peak is at most this share of the memory
 PROBE_LENGTHS = (256, 512, 1024)  # the small lengths a prediction is measured at (two batch sizes at the first)
 PROBE_BATCH = 8  # the largest batch the probes run at (the run's own batch when it is smaller)
+PROBES_RECORD = "plan_probes.json"  # the full scale's probes, measured once (minireformer/records)
 
 
 def parse_size(text):
@@ -343,6 +349,48 @@ def predict(run, lengths=None, *, time_it=True):
     return Prediction(params, run.optimizer, g, b0, a, c, ta, tc, tuple(lengths))
 
 
+def probe_key(run, probes):
+    """The text that names a prediction: the run's model and task (what the probes measure) and the probes."""
+    return json.dumps([run.kind, run.task, [list(item) for item in run.key[2]], list(probes)])
+
+
+def recorded_predictions(path=None):
+    """``({probe_key: Prediction}, the record)`` of the recorded probes (``({}, None)`` when there is none)."""
+    try:
+        record = read_run(path or PROBES_RECORD)
+    except ValueError:
+        return {}, None
+    found = {
+        r["key"]: Prediction(**dict(r["prediction"], lengths=tuple(r["prediction"]["lengths"])))
+        for r in record["results"]
+    }
+    return found, record
+
+
+def record_probes(scale="full", path=None, progress=True):
+    """Measure (and time) every run's probes at ``scale`` and write them as the plan's record; minutes at the full
+    scale, which is why they are kept."""
+    rows, seen = [], set()
+    for run in tqdm(runs(scale), desc="probes", unit="run", disable=not progress):
+        probes = probe_lengths(run)
+        key = probe_key(run, probes)
+        if key not in seen:
+            seen.add(key)
+            rows.append(dict(key=key, run=run.name, prediction=asdict(predict(run, probes))))
+    return write_run(path or RECORDS / PROBES_RECORD, rows, scale=scale, torch=torch.__version__)
+
+
+def prediction_for(run, probes, *, time_it=True, cache=None):
+    """The run's :class:`Prediction` at ``probes``: from ``cache``, else the record, else measured now."""
+    cache = {} if cache is None else cache
+    key = probe_key(run, probes)
+    if key not in cache:
+        recorded, _ = cache.setdefault("record", recorded_predictions())
+        cache[key] = recorded[key] if key in recorded else predict(run, probes, time_it=time_it)
+    prediction = cache[key]
+    return prediction if time_it else replace(prediction, ta=None, tc=None)
+
+
 # ---- the verdicts -----------------------------------------------------------------------------------------------
 def verdict(run, prediction, memory):
     """``(verdict, micro_batch, peak_bytes, reason)`` of ``run`` on a device with ``memory`` bytes."""
@@ -379,10 +427,7 @@ def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True,
     memory = device_memory() if memory is None else memory
     cache, rows = {} if cache is None else cache, []
     for run in tqdm(only if only is not None else runs(scale), desc="memory plan", unit="run", disable=not progress):
-        probes = probe_lengths(run, lengths)
-        if (run.key, probes) not in cache:
-            cache[run.key, probes] = predict(run, probes, time_it=time_it)
-        prediction = cache[run.key, probes]
+        prediction = prediction_for(run, probe_lengths(run, lengths), time_it=time_it, cache=cache)
         name, micro, peak, reason = verdict(run, prediction, memory)
         seconds = prediction.seconds(micro or run.batch_size, run.seq_len)
         if seconds is not None and micro:
@@ -407,7 +452,7 @@ def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True,
 def micro_batch(run, memory):
     """The micro-batch ``run`` trains with on ``memory`` bytes (its whole batch when it fits), or ``None`` and
     the reason when it cannot fit at all. What the full-scale lessons and commands ask before they train."""
-    _, micro, _, reason = verdict(run, predict(run, time_it=False), memory)
+    _, micro, _, reason = verdict(run, prediction_for(run, probe_lengths(run), time_it=False), memory)
     return micro, reason
 
 
@@ -436,8 +481,8 @@ def format_plan(rows, memory):
             f"memory: {binary_bytes(memory)} (a run fits up to {HEADROOM:.0%} of it); peak = parameters + "
             "optimizer state + one step, float32, predicted from exact measurements at small lengths",
             format_table(["run", "batch", "L", "peak", "s/step", "hours", "verdict"], table, align="<>>>>><"),
-            "s/step and hours: on this machine's CPU, from the probes' step times (a L + c L^2 per sample); "
-            "a GPU is many times faster",
+            "s/step and hours: on a CPU, from the probes' step times (a L + c L^2 per sample), the recorded ones "
+            "on the machine that recorded them; a GPU is many times faster",
         ]
     )
 
@@ -541,7 +586,13 @@ def add_arguments(parser):
         help="the device's size, like 24GiB or 80GB (default: CUDA's free memory, else this machine's available RAM)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (a list of objects)")
-    parser.add_argument("--no-time", action="store_true", help="skip timing the probes (faster; no s/step)")
+    parser.add_argument("--no-time", action="store_true", help="leave out the time per step")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help=f"measure every run's probes again on this machine (minutes) and write them to the plan's record, "
+        f"minireformer/records/{PROBES_RECORD}, which the plan otherwise answers from",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -556,11 +607,19 @@ def from_args(args, parser):
         memory = device_memory() if args.memory is None else parse_size(args.memory)
     except ValueError as error:
         parser.error(f"--memory: {error}")
+    if args.record:
+        print(f"probes recorded in {record_probes(args.scale, progress=not args.json)}")
     rows = make_plan(args.scale, memory, time_it=not args.no_time, progress=not args.json)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         print(format_plan(rows, memory))
+        _, record = recorded_predictions()
+        if record is not None:
+            print(
+                f"probes from minireformer/records/{PROBES_RECORD}, timed on {record['machine']} "
+                f"by `{record['command']}`"
+            )
     if args.dry_run:
         print(f"\ndry run on this CPU ({binary_bytes(device_memory('cpu'))} available):")
         print(format_dry_run(dry_run(args.scale)))

@@ -3,28 +3,27 @@
 - ``quick``: small configurations that finish in seconds to minutes on a 2-core CPU (and in CI);
 - ``full``: the paper-sized configurations, meant for a CUDA GPU.
 
-The default is ``full`` when CUDA is available and ``quick`` otherwise. The environment variable
-``MINIREFORMER_SCALE`` (``quick`` or ``full``) forces either one. Both scales run the same code; only the
+The default is ``quick`` on every machine, a GPU's included: the full scale is hours of training, and runs only
+when asked for, with the environment variable ``MINIREFORMER_SCALE=full`` (as ``python -m minireformer fullscale``
+does) or from the "Full scale on your GPU" sections of lessons 06 and 07. Both scales run the same code; only the
 numbers differ, and a lesson picks its numbers with :func:`pick`.
 """
 
 import os
-
-import torch
 
 SCALES = ("quick", "full")
 ENV_VAR = "MINIREFORMER_SCALE"
 
 
 def current_scale(override=None):
-    """Return ``"quick"`` or ``"full"``: ``override`` if given, else the environment variable, else the device."""
+    """Return ``"quick"`` or ``"full"``: ``override`` if given, else the environment variable, else ``"quick"``."""
     choice = override if override is not None else os.environ.get(ENV_VAR, "").strip().lower()
     if choice:
         if choice not in SCALES:
             source = "scale" if override is not None else f"environment variable {ENV_VAR}"
             raise ValueError(f"{source} must be one of {SCALES}, got {choice!r}")
         return choice
-    return "full" if torch.cuda.is_available() else "quick"
+    return "quick"
 
 
 def pick(*, quick, full, scale=None):

@@ -2,7 +2,9 @@
 
 What a training run must get right, and where it is done here:
 
-- **device** ``auto`` picks CUDA when present, else the CPU; on CUDA the step runs under bf16 autocast;
+- **device** ``auto`` picks CUDA when present, else the CPU; on CUDA the step runs under autocast, in bf16 where
+  the device computes it natively (compute capability 8.0 on), else in fp16 with a gradient scaler (whose state
+  the checkpoint keeps): :func:`autocast_dtype`;
   ``compile=True`` wraps the model in ``torch.compile`` (a string: that backend, e.g. ``"aot_eager"``).
 - **optimisation**: AdamW, a linear warm-up then constant learning rate, gradient clipping.
 - **exact resume**: a checkpoint holds the model, the optimizer, the scheduler, the step and every random
@@ -339,12 +341,25 @@ def sequence_loss(model, tokens, task):
     return loss, accuracy
 
 
+def autocast_dtype(device):
+    """The half precision a training step on ``device`` runs in: bfloat16 on a CUDA device that computes it
+    natively (compute capability 8.0 and later: A100, H100, RTX 30xx on), float16 on an older one (T4, V100),
+    where bfloat16 is emulated and slow (float16 needs a gradient scaler: its range is small); None (float32)
+    elsewhere."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
 def step_loss(task):
-    """``loss(model, tokens)``, the task's next-token loss as a training step computes it (under bf16 autocast on
-    CUDA), for :func:`~minireformer.measuring.steps.training_step`: what the memory plan and the sweeps measure."""
+    """``loss(model, tokens)``, the task's next-token loss as a training step computes it (under the device's
+    autocast, :func:`autocast_dtype`), for :func:`~minireformer.measuring.steps.training_step`: what the memory plan
+    and the sweeps measure."""
 
     def loss(model, tokens):
-        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=tokens.device.type == "cuda"):
+        dtype = autocast_dtype(tokens.device)
+        with torch.autocast(tokens.device.type, dtype=dtype, enabled=dtype is not None):
             return sequence_loss(model, tokens, task)[0]
 
     return loss
@@ -386,6 +401,10 @@ class Trainer:
         with self.random():
             self.model = ReformerLM(config=ReformerConfig(**self.model_config)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.amp_dtype = autocast_dtype(self.device)
+        # float16's range is small: the loss is scaled up before backward and the gradients down before the step
+        # (a step whose gradients overflow is skipped and the scale lowered); bfloat16 and float32 need none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / max(1, c.warmup))
         )
@@ -439,8 +458,8 @@ class Trainer:
         return tokens[self.rank * share : (self.rank + 1) * share].to(self.device)
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.amp_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     # ---- training ---------------------------------------------------------------------------------------
@@ -476,14 +495,16 @@ class Trainer:
                         f"{self.config.lr}) or stronger gradient clipping (grad_clip now {self.config.grad_clip}); "
                         f"{where}"
                     )
-                (loss / len(pieces)).backward()
+                self.scaler.scale(loss / len(pieces)).backward()
                 self.at("backward")
             losses.append(loss_value)
             accuracies.append(accuracy_value)
         loss_value, accuracy_value = sum(losses) / len(losses), sum(accuracies) / len(accuracies)
+        self.scaler.unscale_(self.optimizer)  # the true gradients, for clipping (nothing to do unless float16)
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.at("optimizer step")
         self.scheduler.step()
         self.step += 1
@@ -598,6 +619,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "rng": dict(self.random.states, data=self.generator.get_state()),
                 "metrics": self.metrics,
             },
@@ -620,6 +642,8 @@ class Trainer:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
+            if checkpoint.get("scaler"):  # float16 runs keep the gradient scaler's scale and growth tracker
+                self.scaler.load_state_dict(checkpoint["scaler"])
             self.generator.set_state(checkpoint["rng"]["data"])
             self.random.states = {name: state for name, state in checkpoint["rng"].items() if name != "data"}
             with self.random():  # checks the states now rather than at the first step

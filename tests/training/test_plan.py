@@ -87,8 +87,9 @@ def test_the_verdicts():
 
 
 def test_every_full_scale_run_gets_a_verdict_and_nothing_that_fits_is_over_the_memory(monkeypatch, capsys):
-    """`plan --scale full --memory 40GiB` with a stand-in for the (slow) measurement: each run's prediction
-    grows with its tokens, so some fit, some shrink, some are skipped."""
+    """`plan --scale full --memory 40GiB` with a stand-in for the (slow) measurement and no record: each run's
+    prediction grows with its tokens, so some fit, some shrink, some are skipped."""
+    monkeypatch.setattr(plan, "recorded_predictions", lambda path=None: ({}, None))
     monkeypatch.setattr(
         plan,
         "predict",
@@ -176,3 +177,35 @@ def test_a_constant_gradient_does_not_hide_the_activations():
     assert prediction.lengths == plan.PROBE_LENGTHS
     measured = plan.step_peak(run, plan.build(run).train(), 1, 8192)
     assert prediction.step_bytes(1, 8192) == pytest.approx(measured, rel=0.02)
+
+
+# ---- the recorded probes: the plan answers at once ----------------------------------------------------------------
+def test_the_full_plan_answers_from_the_record_without_measuring_anything(monkeypatch, capsys):
+    monkeypatch.setattr(plan, "predict", lambda *a, **k: pytest.fail("the plan measured a run the record holds"))
+    for memory in ("24GiB", "80GB"):
+        assert main(["plan", "--scale", "full", "--memory", memory]) is None
+    out = capsys.readouterr().out
+    assert "probes from minireformer/records/plan_probes.json, timed on" in out
+    assert out.count("Table 2: train lsh-4") == 2
+
+
+def test_every_full_scale_run_is_in_the_record():
+    """When a full-scale setting changes, its probes must be recorded again: python -m minireformer plan --scale full
+    --record."""
+    recorded, record = plan.recorded_predictions()
+    assert record is not None and record["scale"] == "full"
+    missing = [r.name for r in plan.runs("full") if plan.probe_key(r, plan.probe_lengths(r)) not in recorded]
+    assert not missing, f"not in the record (run `plan --scale full --record`): {missing}"
+
+
+def test_the_record_is_what_a_fresh_measurement_gives():
+    """Memory is counted exactly (tensor storages), so a run measured again gives the recorded numbers; the
+    cheapest full-scale run stands in for all (every one is measured by the same code)."""
+    recorded, _ = plan.recorded_predictions()
+    run = next(r for r in plan.runs("full") if r.name == "Table 2: train lsh-4")
+    probes = plan.probe_lengths(run)
+    fresh = plan.predict(run, probes, time_it=False)
+    stored = recorded[plan.probe_key(run, probes)]
+    assert (fresh.params, fresh.optimizer, fresh.lengths) == (stored.params, stored.optimizer, stored.lengths)
+    for name in ("g", "b0", "a", "c"):
+        assert getattr(fresh, name) == pytest.approx(getattr(stored, name), rel=1e-9, abs=1e-6), name

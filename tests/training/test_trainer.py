@@ -508,3 +508,44 @@ def test_table2_trends_name_each_broken_trend():
     ]
     swapped = dict(good, **{"lsh-1": dict(good["lsh-1"], **{"lsh-1": 0.9})})
     assert not table2_trends(swapped)["with LSH-1, more training rounds score higher"]
+
+
+# ---- mixed precision by the device's ability ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
+def test_half_precision_follows_the_devices_ability(monkeypatch, capability, expected):
+    """bf16 where the GPU computes it natively (compute capability 8.0 on), else fp16 (V100, T4): faked here."""
+    from minireformer.training import trainer as trainer_module
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert trainer_module.autocast_dtype(torch.device("cuda")) == expected
+    assert trainer_module.autocast_dtype(torch.device("cpu")) is None
+
+
+def test_a_float16_run_scales_its_gradients_and_resumes_exactly_with_the_scaler(tmp_path, monkeypatch):
+    """The float16 path (autocast in fp16, a GradScaler) run on the CPU, as a T4 would run it: the scaler is on,
+    its state is in the checkpoint, and a resumed run is bit for bit the straight one."""
+    from minireformer.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "autocast_dtype", lambda device: torch.float16)
+    straight = Trainer(TINY_MODEL, tiny_train())
+    assert straight.scaler.is_enabled() and straight.amp_dtype == torch.float16
+    expected = straight.run(progress=False)
+    assert straight.scaler.get_scale() > 0
+    first = Trainer(TINY_MODEL, tiny_train(steps=3), tmp_path)
+    first.run(progress=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert saved["scaler"]["scale"] == first.scaler.get_scale()
+    resumed = Trainer(TINY_MODEL, tiny_train(), tmp_path, resume=True)
+    assert resumed.scaler.get_scale() == first.scaler.get_scale()
+    got = resumed.run(progress=False)
+    assert train_losses(got) == train_losses(expected)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_float32_runs_keep_no_scaler():
+    trainer = Trainer(TINY_MODEL, tiny_train())
+    assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()
