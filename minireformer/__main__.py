@@ -8,6 +8,7 @@ eval      evaluate a checkpoint, as trained or with another attention (full, LSH
 duplication  the paper's Table 2: train with full/LSH-1/2/4 attention, evaluate with full/LSH-8/4/2/1
 longseq   lesson 07: byte-level LM curves (Reformer vs Transformer, Figure 3), memory and speed vs length
 fullscale one command for a GPU owner: every full-scale experiment, results and figures under runs/full
+gpu-check one prepared GPU check within a budget (default 420 s): attention, the plan, Table 2, 64K steps
 plan      every run of a scale with its predicted peak memory and a verdict for a device size (--memory 40GiB)
 bench     timings and peak memory: `bench attention` (one layer, Figure 5), `bench reversible` (depth),
           `bench buckets` (float32 rebuilt inputs, LSH buckets replayed or hashed again);
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from .hf import convert as hf
 from .measuring import bench, complexity
 from .measuring.timing import machine
-from .training import duplication, fullscale, longseq, plan, trainer
+from .training import duplication, fullscale, gpucheck, longseq, plan, trainer
 from .training.data import duplication_batch
 
 
@@ -136,6 +137,9 @@ def main(argv=None):
         "fullscale": fullscale.add_arguments(
             commands.add_parser("fullscale", help="every full-scale experiment (GPU)")
         ),
+        "gpu-check": gpucheck.add_arguments(
+            commands.add_parser("gpu-check", help="one prepared GPU check within a budget of seconds")
+        ),
         "hf": hf.add_arguments(
             commands.add_parser("hf", help="ReformerLM against HF transformers' Reformer (needs the compare extra)")
         ),
@@ -178,6 +182,16 @@ def main(argv=None):
         plan.from_args(args, subparsers["plan"])
     elif args.command == "fullscale":
         fullscale.from_args(args, subparsers["fullscale"])
+    elif args.command == "gpu-check":
+        results = gpucheck.from_args(args, subparsers["gpu-check"])
+        from .course import plots
+
+        for name, draw in (("attention", plots.plot_gpu_attention), ("duplication", plots.plot_gpu_duplication)):
+            section = results["sections"][name]
+            if section.get("rows") or section.get("accuracy"):
+                path = Path(args.out) / f"{name}.png"
+                draw(section, title=results["device"]).savefig(path, dpi=100)
+                print(f"figure: {path}")
     elif args.command == "hf":
         hf.from_args(args, subparsers["hf"])
 

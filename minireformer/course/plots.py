@@ -769,3 +769,47 @@ def plot_bench_reversible(rows, title=None):
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+# ---- the GPU check (python -m minireformer gpu-check) ---------------------------------------------------------------
+def plot_gpu_attention(section, title=None):
+    """Figure: the GPU check's attention section, LSH attention against fused attention (SDPA), time and peak
+    memory of a training step against L (log-log); lengths where a kernel ran out of memory are left out."""
+    fig = Figure(figsize=(9.6, 3.9), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for i, (kind, label) in enumerate((("lsh", "LSH attention"), ("sdpa", "fused attention (SDPA)"))):
+        for ax, key in ((left, "s"), (right, "peak_mb")):
+            points = [
+                (r["length"], r[f"{kind}_{key}"]) for r in section["rows"] if isinstance(r.get(f"{kind}_{key}"), float)
+            ]
+            if points:
+                ax.loglog(*zip(*points), label=label, **distinct(i))
+    left.set(xlabel="sequence length L", ylabel="seconds per step (forward + backward)", title="time")
+    right.set(xlabel="sequence length L", ylabel="peak MiB", title="memory")
+    for ax in (left, right):
+        plain_log_ticks(ax, [r["length"] for r in section["rows"]])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_gpu_duplication(section, title=None):
+    """Figure: the GPU check's Table 2 row, a model trained with LSH-4 and evaluated with each attention, beside
+    the paper's row."""
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    names = list(section["accuracy"])
+    ours = [100 * section["accuracy"][n] for n in names]
+    paper = section.get("paper_lsh4_row") or {}
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], ours, width=0.4, label=f"ours, {section['steps']} steps")
+    if paper:
+        ax.bar([x + 0.2 for x in xs], [100 * paper.get(n, float("nan")) for n in names], width=0.4, label="the paper")
+    ax.set_xticks(list(xs), [f"eval {n}" for n in names])
+    ax.set(ylabel="second-half accuracy (%)", ylim=(0, 105), title="trained with LSH-4 (Table 2's shape)")
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
