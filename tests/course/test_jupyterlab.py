@@ -160,16 +160,25 @@ def open_and_run_all(page, lab, lesson):
     page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
     n_code = page.locator(".jp-Notebook .jp-CodeCell").count()
     n_shown = page.locator(".jp-Notebook .jp-CodeCell:not(:has(.jp-InputPlaceholder))").count()
-    # Done when every code cell shows an execution number ([*] while running, [ ] before); a folded cell's prompt
-    # stays empty, so those are left out.
-    page.wait_for_function(
-        """n => [...document.querySelectorAll(
-                   '.jp-Notebook .jp-CodeCell:not(:has(.jp-InputPlaceholder)) .jp-InputPrompt')]
-                 .filter(p => /\\[\\d+\\]/.test(p.textContent)).length === n""",
-        arg=n_shown,
-        timeout=300_000,
-        polling=250,
-    )
+    # Done when every code cell shows an execution number ([*] while running, [ ] before), or when a cell shows an
+    # error (Run All stops there); a folded cell's prompt stays empty, so those are left out.
+    try:
+        page.wait_for_function(
+            """n => document.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]')
+                   || [...document.querySelectorAll(
+                         '.jp-Notebook .jp-CodeCell:not(:has(.jp-InputPlaceholder)) .jp-InputPrompt')]
+                      .filter(p => /\\[\\d+\\]/.test(p.textContent)).length === n""",
+            arg=n_shown,
+            timeout=300_000,
+            polling=250,
+        )
+    except playwright_api.TimeoutError:
+        waiting = page.evaluate(
+            """[...document.querySelectorAll('.jp-Notebook .jp-CodeCell:not(:has(.jp-InputPlaceholder))')]
+               .map(c => [c.querySelector('.jp-InputPrompt').textContent, c.innerText.slice(0, 80)])
+               .filter(([prompt]) => !/\\[\\d+\\]/.test(prompt))"""
+        )
+        raise AssertionError(f"{lesson}: Run All did not finish in 300 s; cells not done: {waiting}") from None
     page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
     return n_code
 
