@@ -122,11 +122,14 @@ def test_the_core_is_the_paper_in_one_sitting():
     assert len(inspect.signature(lsh.lsh_attention).parameters) <= 9
 
 
-def test_the_command_line_loads_matplotlib_only_to_draw():
+def test_the_command_line_loads_matplotlib_only_to_draw_and_nothing_of_jupyter():
+    """The commands (gpu-check above all, which runs on a bare GPU machine) load no plotting until they draw, and
+    nothing of Jupyter or its widgets ever."""
     code = (
         "import sys; from minireformer.__main__ import main; import minireformer.training.trainer, "
         "minireformer.measuring.bench, minireformer.training.longseq, minireformer.training.plan, "
-        "minireformer.hf.convert; print('matplotlib' in sys.modules)"
+        "minireformer.training.gpucheck, minireformer.hf.convert; loaded = {m.split('.')[0] for m in sys.modules}; "
+        "print(sorted(loaded & {'matplotlib', 'ipywidgets', 'IPython', 'ipykernel', 'jupyter_client'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"

@@ -80,16 +80,6 @@ def test_a_section_that_fails_or_is_not_reached_is_recorded_and_the_others_keep_
     assert sections["longseq"] == {"status": "not reached"}
 
 
-def test_the_check_loads_neither_jupyter_nor_widgets_nor_matplotlib():
-    code = (
-        "import sys; import minireformer.training.gpucheck; "
-        "loaded = {m.split('.')[0] for m in sys.modules}; "
-        "print(sorted(loaded & {'ipywidgets', 'IPython', 'ipykernel', 'jupyter_client', 'matplotlib'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
 def test_a_bad_budget_or_device_is_one_error_line(capsys):
     from minireformer.__main__ import main
 
