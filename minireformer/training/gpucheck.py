@@ -18,7 +18,9 @@ cleanly when its share is spent and records how far it got, and one that is not 
    fits: tokens per second and peak memory.
 
 ``DIR/results.json`` (rewritten after every section, so a run cut short keeps what it measured) holds the command,
-the device, torch and CUDA versions, the budget and each section's figures. Off a GPU the same code runs at small
+the device, torch and CUDA versions, the budget and each section's figures. Committed as
+``minireformer/records/gpu_check.json``, a GPU's results give the memory plan its measured GPU time per step
+(:func:`~minireformer.training.plan.gpu_step_times`). Off a GPU the same code runs at small
 sizes (:data:`SIZES` ``"cpu"``), so that a GPU's minutes go to measuring, not debugging. The figures of sections 1
 and 3 are drawn by the command (``__main__``), not here: this module imports nothing of Jupyter or of matplotlib.
 """

@@ -54,6 +54,7 @@ HEADROOM = 0.9  # a run "fits" when its predicted peak is at most this share of 
 PROBE_LENGTHS = (256, 512, 1024)  # the small lengths a prediction is measured at (two batch sizes at the first)
 PROBE_BATCH = 8  # the largest batch the probes run at (the run's own batch when it is smaller)
 PROBES_RECORD = "plan_probes.json"  # the full scale's probes, measured once (minireformer/records)
+GPU_RECORD = "gpu_check.json"  # `gpu-check`'s results.json from a GPU, once one has run (minireformer/records)
 
 
 def parse_size(text):
@@ -419,13 +420,32 @@ def verdict(run, prediction, memory):
     return "skipped", None, peak, f"needs {binary_bytes(peak)}"
 
 
+def gpu_step_times(path=None):
+    """``(device, {run name: seconds per sequence})``: the training steps ``gpu-check`` measured on a GPU (its plan
+    section, :data:`GPU_RECORD`), per sequence of the micro-batch it measured; ``(None, {})`` when no GPU has run it."""
+    try:
+        record = read_run(path or GPU_RECORD)
+    except ValueError:
+        return None, {}
+    if not record.get("cuda"):  # a CPU's run of the check is a test of the command, not a GPU's figure
+        return None, {}
+    rows = record["results"].get("plan", {}).get("rows", [])
+    return record["device"], {
+        r["run"]: r["step_s"] / r["micro_batch"]
+        for r in rows
+        if isinstance(r.get("step_s"), float) and r["micro_batch"]
+    }
+
+
 def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True, progress=True, only=None, cache=None):
     """The plan: one row per :func:`runs` entry (``only``: a subset of runs), each with ``name``, ``where``,
     ``batch_size``, ``micro_batch``, ``seq_len``, ``peak_bytes``, ``verdict``, ``reason``, ``seconds_per_step``
-    and ``hours`` (the whole run at the predicted step time). ``cache``: a dict that keeps the predictions
-    for another call (another memory size)."""
+    and ``hours`` (the whole run at the predicted step time, on a CPU), and where ``gpu-check`` has measured the
+    run on a GPU, ``gpu_seconds_per_step`` and ``gpu_hours``. ``cache``: a dict that keeps the predictions for
+    another call (another memory size)."""
     memory = device_memory() if memory is None else memory
     cache, rows = {} if cache is None else cache, []
+    _, gpu_seconds = gpu_step_times()
     for run in tqdm(only if only is not None else runs(scale), desc="memory plan", unit="run", disable=not progress):
         prediction = prediction_for(run, probe_lengths(run, lengths), time_it=time_it, cache=cache)
         name, micro, peak, reason = verdict(run, prediction, memory)
@@ -446,6 +466,9 @@ def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True,
                 hours=None if seconds is None or not run.steps else seconds * run.steps / 3600,
             )
         )
+        if run.name in gpu_seconds and micro:  # measured per sequence; the whole batch, micro-batch after micro-batch
+            gpu = gpu_seconds[run.name] * run.batch_size
+            rows[-1].update(gpu_seconds_per_step=gpu, gpu_hours=gpu * run.steps / 3600 if run.steps else None)
     return rows
 
 
@@ -476,13 +499,21 @@ def format_plan(rows, memory):
         ]
         for r in rows
     ]
+    headers, align, notes = ["run", "batch", "L", "peak", "s/step", "hours", "verdict"], "<>>>>><", []
+    device, _ = gpu_step_times()
+    if any("gpu_seconds_per_step" in r for r in rows):
+        for line, r in zip(table, rows):
+            line[6:6] = [number(r.get("gpu_seconds_per_step"), ".3g"), number(r.get("gpu_hours"), ".2g")]
+        headers[6:6], align = ["GPU s/step", "GPU hours"], "<>>>>>>>" + "<"
+        notes.append(f"GPU s/step and hours: measured by `gpu-check` on {device} (minireformer/records/{GPU_RECORD})")
     return "\n".join(
         [
             f"memory: {binary_bytes(memory)} (a run fits up to {HEADROOM:.0%} of it); peak = parameters + "
             "optimizer state + one step, float32, predicted from exact measurements at small lengths",
-            format_table(["run", "batch", "L", "peak", "s/step", "hours", "verdict"], table, align="<>>>>><"),
+            format_table(headers, table, align=align),
             "s/step and hours: on a CPU, from the probes' step times (a L + c L^2 per sample), the recorded ones "
             "on the machine that recorded them; a GPU is many times faster",
+            *notes,
         ]
     )
 
