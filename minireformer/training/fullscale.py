@@ -140,7 +140,9 @@ def run(out="runs/full", memory=None, only=STAGES, notebooks=None):
                 (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
                 return results
     failed = [s["stage"] for s in results["stages"] if s.get("returncode")]
-    print(f"results: {out / 'results.json'}" + (f"; failed: {failed}" if failed else "; every stage exited 0"))
+    skipped = [s["stage"] for s in results["stages"] if "skipped" in s]
+    summary = f"; failed: {failed}" if failed else "; every stage that ran exited 0"
+    print(f"results: {out / 'results.json'}" + summary + (f"; skipped: {skipped}" if skipped else ""))
     return results
 
 

@@ -118,10 +118,14 @@ def attention_section(device, sizes, deadline, progress=False):
                 steps[kind] = step
             except OUT_OF_MEMORY:
                 row[f"{kind}_peak_mb"] = "out of memory"
+            except Exception as error:  # recorded; the lengths measured so far are kept
+                row[f"{kind}_peak_mb"] = f"error: {type(error).__name__}: {error}"
             release(device)
-        if steps:
-            for kind, times in interleaved(steps, repeats, device).items():
+        try:
+            for kind, times in (interleaved(steps, repeats, device) if steps else {}).items():
                 row[f"{kind}_s"] = statistics.median(times)
+        except Exception as error:
+            row["error"] = f"{type(error).__name__}: {error}"
         rows.append(row)
         if progress:
             print(f"[attention] {row}", flush=True)
@@ -164,6 +168,10 @@ def plan_section(device, sizes, deadline, progress=False):
             peak, seconds = measure_run(run, micro, device)
         except OUT_OF_MEMORY:
             rows.append(dict(row, measured_peak="out of memory"))
+            release(device)
+            continue
+        except Exception as error:  # recorded; the runs measured so far are kept
+            rows.append(dict(row, error=f"{type(error).__name__}: {error}"))
             release(device)
             continue
         rows.append(
@@ -231,6 +239,8 @@ def longseq_section(device, sizes, deadline, progress=False):
     rows, status = [], "complete"
     for name in ("Reformer", "Transformer"):
         options = dict(model, **settings.VARIANTS[name])
+        if status != "complete":  # the share ran out during the model before
+            break
         for length in sizes["longseq_lengths"]:  # the longest first: the first that fits is the answer
             if deadline.spent():
                 status = f"stopped: the share was spent at {name}, L = {length}"
@@ -246,6 +256,10 @@ def longseq_section(device, sizes, deadline, progress=False):
                 rows.append(dict(model=name, length=length, status="out of memory"))
                 release(device)
                 continue
+            except Exception as error:  # recorded; the next model still runs
+                rows.append(dict(model=name, length=length, status=f"error: {type(error).__name__}: {error}"))
+                release(device)
+                break
             rows.append(
                 dict(model=name, length=length, peak_mb=peak / 2**20, step_s=seconds, tokens_per_s=length / seconds)
             )
@@ -274,6 +288,7 @@ def run(budget=BUDGET, device="auto", out="gpu-check", *, progress=True, command
     out.mkdir(parents=True, exist_ok=True)
     results = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else machine(),
+        device_type=device.type,
         torch=torch.__version__,
         cuda=torch.version.cuda,
         budget_s=budget,

@@ -386,7 +386,9 @@ def prediction_for(run, probes, *, time_it=True, cache=None):
     cache = {} if cache is None else cache
     key = probe_key(run, probes)
     if key not in cache:
-        recorded, _ = cache.setdefault("record", recorded_predictions())
+        if "record" not in cache:
+            cache["record"] = recorded_predictions()
+        recorded, _ = cache["record"]
         cache[key] = recorded[key] if key in recorded else predict(run, probes, time_it=time_it)
     prediction = cache[key]
     return prediction if time_it else replace(prediction, ta=None, tc=None)
@@ -421,17 +423,18 @@ def verdict(run, prediction, memory):
 
 
 def gpu_step_times(path=None):
-    """``(device, {run name: seconds per sequence})``: the training steps ``gpu-check`` measured on a GPU (its plan
-    section, :data:`GPU_RECORD`), per sequence of the micro-batch it measured; ``(None, {})`` when no GPU has run it."""
+    """``(device, {(run name, length): seconds per sequence})``: the training steps ``gpu-check`` measured on a GPU
+    (its plan section, :data:`GPU_RECORD`), per sequence of the micro-batch it measured; ``(None, {})`` when no GPU
+    has run it."""
     try:
         record = read_run(path or GPU_RECORD)
     except ValueError:
         return None, {}
-    if not record.get("cuda"):  # a CPU's run of the check is a test of the command, not a GPU's figure
+    if record.get("device_type") != "cuda":  # a CPU's run of the check tests the command; it is no GPU's figure
         return None, {}
     rows = record["results"].get("plan", {}).get("rows", [])
     return record["device"], {
-        r["run"]: r["step_s"] / r["micro_batch"]
+        (r["run"], r["seq_len"]): r["step_s"] / r["micro_batch"]
         for r in rows
         if isinstance(r.get("step_s"), float) and r["micro_batch"]
     }
@@ -466,8 +469,8 @@ def make_plan(scale="full", memory=None, *, lengths=PROBE_LENGTHS, time_it=True,
                 hours=None if seconds is None or not run.steps else seconds * run.steps / 3600,
             )
         )
-        if run.name in gpu_seconds and micro:  # measured per sequence; the whole batch, micro-batch after micro-batch
-            gpu = gpu_seconds[run.name] * run.batch_size
+        if (run.name, run.seq_len) in gpu_seconds and micro:  # per sequence; the batch, micro-batch after micro-batch
+            gpu = gpu_seconds[run.name, run.seq_len] * run.batch_size
             rows[-1].update(gpu_seconds_per_step=gpu, gpu_hours=gpu * run.steps / 3600 if run.steps else None)
     return rows
 

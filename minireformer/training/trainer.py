@@ -232,7 +232,8 @@ class DeferredInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: finishing this step, then saving (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+        # os.write, not print: a handler that prints while the interrupted code prints (tqdm) raises "reentrant call"
+        os.write(2, b"\nCtrl-C: finishing this step, then saving (Ctrl-C again stops at once)\n")
 
     def __exit__(self, *exc):
         if self.active:
@@ -241,40 +242,60 @@ class DeferredInterrupt:
 
 
 class RunLock:
-    """``out_dir/.lock``, created atomically, naming the process that trains into the folder: a second run is
-    refused while that process lives; the lock of a run that died (its process gone) is taken over."""
+    """``out_dir/.lock``, naming the process that trains into the folder: a second run is refused while that process
+    lives (or, in the same process, while its run goes on); the lock of a run that died is taken over. The lock
+    appears whole (written beside it, then linked into place), and a stale one is moved aside before it is taken,
+    so two runs that find it stale at once cannot both take it."""
+
+    active = set()  # the locks this process's runs hold now
 
     def __init__(self, folder):
         self.path = Path(folder) / ".lock"
         self.held = False
 
     def acquire(self):
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):  # a stale lock is removed once, then taken
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self.path.read_text().split() if self.path.exists() else []
-                if owner and not self.stale(owner):
-                    raise RunFolderError(
-                        f"another run (process {owner[0]} on {owner[1]}) is training into {self.path.parent}; wait "
-                        f"for it, or give this run another --out (if that run is gone, delete {self.path})"
-                    ) from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return
+        mine = self.path.with_name(f".lock.{os.getpid()}.{threading.get_ident()}")
+        mine.write_text(f"{os.getpid()} {socket.gethostname()}")
+        try:
+            for _ in range(3):
+                try:
+                    os.link(mine, self.path)  # atomic, and the lock is complete the moment it exists
+                except FileExistsError:
+                    self.take_over_if_stale()
+                    continue
+                self.held = True
+                RunLock.active.add(self.path.resolve())
+                return
+        finally:
+            mine.unlink(missing_ok=True)
         raise RunFolderError(f"could not take the lock {self.path}: another run keeps taking it")
 
-    @staticmethod
-    def stale(owner):
+    def take_over_if_stale(self):
+        try:
+            owner = self.path.read_text().split()
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        if not self.stale(owner):
+            raise RunFolderError(
+                f"another run (process {owner[0]} on {owner[1]}) is training into {self.path.parent}; wait for it, "
+                f"or give this run another --out (if that run is gone, delete {self.path})"
+            )
+        aside = self.path.with_name(f".lock.stale.{os.getpid()}")
+        try:
+            os.rename(self.path, aside)  # only one of two runs that found it stale moves it
+        except FileNotFoundError:
+            return
+        if aside.read_text().split() != owner:  # moved another run's fresh lock: put it back
+            os.rename(aside, self.path)
+            raise RunFolderError(f"another run took {self.path} just now; wait for it, or give another --out")
+        aside.unlink()
+
+    def stale(self, owner):
         pid, host = (owner + ["", ""])[:2]
         if host != socket.gethostname() or not pid.isdigit():
             return False  # another machine's run: it cannot be checked from here
         if int(pid) == os.getpid():
-            return True  # this process's own, left by a run it no longer runs
+            return self.path.resolve() not in RunLock.active  # this process's, left by a run that has ended
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -286,6 +307,7 @@ class RunLock:
     def release(self):
         if self.held:
             self.path.unlink(missing_ok=True)
+            RunLock.active.discard(self.path.resolve())
             self.held = False
 
 
@@ -575,7 +597,7 @@ class Trainer:
                     periodic = bool(c.checkpoint_every) and self.step % c.checkpoint_every == 0
                     if periodic:
                         self.save()
-                    if interrupt.requested:  # a step boundary: what is saved is the state after this step
+                    if self.stop_requested(interrupt):  # a step boundary: what is saved is the state after it
                         if not periodic:
                             self.save()
                         raise TrainingInterrupted(self.step, saved=self.out_dir is not None)
@@ -592,6 +614,13 @@ class Trainer:
             if lock is not None:
                 lock.release()
         return self.metrics
+
+    def stop_requested(self, interrupt):
+        """Whether to stop at this step boundary; under torchrun every process stops at the same one (each gets its
+        own Ctrl-C, maybe on either side of a boundary), or the others would wait for it in the next all-reduce."""
+        if self.world == 1:
+            return interrupt.requested
+        return mean_over_processes(float(interrupt.requested), device=self.device)[0] > 0
 
     def prepare_out_dir(self):
         """Under the lock: clear an earlier run (``overwrite``) or the metrics logged after the resumed checkpoint,
@@ -877,9 +906,15 @@ def train_from_args(args, parser, argv=None):
         with cpu_threads(args.threads):
             metrics = trainer.run()
     except TrainingInterrupted as stop:
-        argv = list(sys.argv[1:] if argv is None else argv)
+        argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--overwrite"]  # resuming replaces nothing
         again = shlex.join(["python", "-m", "minireformer", *argv, *([] if "--resume" in argv else ["--resume"])])
-        where = f"resume with: {again}" if stop.saved else f"the last complete checkpoint in {out} is intact"
+        if stop.saved:
+            where = f"resume with: {again}"
+        elif (out / "checkpoint.pt").is_file():
+            last = load_checkpoint(out / "checkpoint.pt")["step"]
+            where = f"stopped at once; the last complete checkpoint, step {last}, is intact: resume with: {again}"
+        else:
+            where = "stopped at once, before any checkpoint was written: run the command again to start afresh"
         parser.exit(130, f"interrupted at step {stop.step}; {where}\n" if trainer.rank == 0 else "")
     except (FloatingPointError, RunFolderError) as error:
         parser.exit(1, f"error: {error}\n")

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from minireformer.training import gpucheck
 
@@ -90,3 +91,25 @@ def test_a_bad_budget_or_device_is_one_error_line(capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["gpu-check", *argv])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_that_fails_inside_a_section_is_recorded_and_the_section_goes_on(monkeypatch):
+    calls = []
+
+    def measure(run, micro, device):
+        calls.append(run.name)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: out of resources")
+        return 1_000_000, 0.5
+
+    monkeypatch.setattr(gpucheck, "measure_run", measure)
+    monkeypatch.setattr(gpucheck.plan, "prediction_for", lambda run, probes, **_: plan_stand_in())
+    sizes = dict(gpucheck.SIZES["cpu"], plan_runs=("curves: ",))
+    section = gpucheck.plan_section(torch.device("cpu"), sizes, gpucheck.Deadline(60))
+    assert section["status"] == "complete" and len(section["rows"]) == len(calls) >= 2
+    assert section["rows"][0]["error"] == "RuntimeError: CUDA error: out of resources"
+    assert section["rows"][1]["measured_peak"] == 1_000_000
+
+
+def plan_stand_in():
+    return gpucheck.plan.Prediction(params=1000, optimizer=True, g=0.0, b0=1000.0, a=10.0, c=0.0, ta=1e-6, tc=0.0)

@@ -109,7 +109,7 @@ def ctrl_c_at(trainer, where, step, times=1):
         ("checkpoint write", 6),  # inside the periodic checkpoint of step 6
     ],
 )
-def test_ctrl_c_anywhere_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, uninterrupted, where, step, capsys):
+def test_ctrl_c_anywhere_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, uninterrupted, where, step, capfd):
     trainer = Trainer(MODEL, config(checkpoint_every=3), tmp_path)
     ctrl_c_at(trainer, where, step)
     with pytest.raises(TrainingInterrupted) as stop:
@@ -123,7 +123,7 @@ def test_ctrl_c_anywhere_saves_at_the_step_boundary_and_resume_is_exact(tmp_path
     resumed.run(progress=False)
     assert_same_run(resumed, uninterrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.csv", "metrics.json"]
-    assert "Ctrl-C again stops at once" in capsys.readouterr().err
+    assert "Ctrl-C again stops at once" in capfd.readouterr().err  # written to the file descriptor, from the handler
 
 
 def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_checkpoint_intact(tmp_path, uninterrupted):
@@ -327,3 +327,48 @@ def test_more_bad_inputs_are_one_error_line(tmp_path, capsys, argv, message):
     assert exit_.value.code in (1, 2)
     err = capsys.readouterr().err
     assert message.format(folder=tmp_path) in err and "Traceback" not in err
+
+
+def test_a_second_run_in_the_same_process_is_refused_while_the_first_holds_the_folder(tmp_path):
+    first = RunLock(tmp_path)
+    first.acquire()
+    with pytest.raises(RunFolderError, match="another run"):
+        RunLock(tmp_path).acquire()  # a notebook's second Trainer on the same folder while the first one trains
+    first.release()
+    again = RunLock(tmp_path)
+    again.acquire()  # free once the first has ended
+    again.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "saved, checkpoint, expected",
+    [
+        (True, False, "interrupted at step 3; resume with: python -m minireformer train "),
+        (
+            False,
+            True,
+            "interrupted at step 3; stopped at once; the last complete checkpoint, step 2, is intact: resume",
+        ),
+        (False, False, "interrupted at step 3; stopped at once, before any checkpoint was written"),
+    ],
+)
+def test_the_interrupted_command_says_how_to_go_on_and_never_offers_a_refused_command(
+    tmp_path, capsys, monkeypatch, saved, checkpoint, expected
+):
+    out = tmp_path / "run"
+    if checkpoint:
+        main(["train", *TRAIN_ARGS, "--steps", "2", "--out", str(out)])
+    capsys.readouterr()
+
+    def interrupted(self, progress=True):
+        raise TrainingInterrupted(3, saved=saved)
+
+    monkeypatch.setattr(Trainer, "run", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *TRAIN_ARGS, "--steps", "5", "--out", str(out), "--overwrite"])
+    assert exit_.value.code == 130
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(expected), message
+    if "resume with:" in message:
+        assert message.endswith("--resume") and "--overwrite" not in message  # --resume with --overwrite is refused

@@ -216,16 +216,23 @@ def test_a_gpu_checks_measured_steps_give_the_plan_its_gpu_times(tmp_path, monke
     step beside its CPU prediction (per sequence, times the run's batch); a CPU's run of the check is ignored."""
     from minireformer.measuring.report import write_run
 
-    rows = [dict(run="Table 2: train lsh-4", micro_batch=8, step_s=0.2), dict(run="64K: Reformer", skipped="no")]
+    (run,) = [r for r in plan.runs("full") if r.name == "Table 2: train lsh-4"]
+    rows = [
+        dict(run=run.name, seq_len=run.seq_len, micro_batch=8, step_s=0.2),
+        dict(run="64K: Reformer", seq_len=65536, skipped="no"),
+    ]
     path = tmp_path / "gpu_check.json"
-    write_run(path, {"plan": {"rows": rows}}, command="gpu-check", device="NVIDIA H200", cuda="12.8")
+    write_run(
+        path, {"plan": {"rows": rows}}, command="gpu-check", device="NVIDIA H200", device_type="cuda", cuda="12.8"
+    )
     monkeypatch.setattr(plan, "GPU_RECORD", str(path))
-    (run,) = [r for r in plan.runs("full") if r.name == rows[0]["run"]]
     (row,) = plan.make_plan("full", 80 * GiB, only=[run])
+    (quick,) = [r for r in plan.runs("quick") if r.name == run.name]  # the same name at another length: not matched
+    assert "gpu_seconds_per_step" not in plan.make_plan("quick", 80 * GiB, only=[quick], time_it=False)[0]
     assert row["gpu_seconds_per_step"] == pytest.approx(0.2 / 8 * run.batch_size)
     assert row["gpu_hours"] == pytest.approx(row["gpu_seconds_per_step"] * run.steps / 3600)
     text = plan.format_plan([row], 80 * GiB)
     assert "GPU s/step" in text and "measured by `gpu-check` on NVIDIA H200" in text
-    write_run(path, {"plan": {"rows": rows}}, command="gpu-check", device="x86_64 CPU", cuda=None)
+    write_run(path, {"plan": {"rows": rows}}, command="gpu-check", device="x86_64 CPU", device_type="cpu", cuda="12.8")
     assert plan.gpu_step_times() == (None, {})
     assert "gpu_seconds_per_step" not in plan.make_plan("full", 80 * GiB, only=[plan.runs("full")[1]])[0]
